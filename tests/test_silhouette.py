@@ -1,0 +1,97 @@
+"Property tests for the Soft Silhouette loss: loop agreement, limits, edge cases, precision."
+import pytest, torch
+from hypothesis import given, settings, strategies as st
+from torch.testing import assert_close
+from structloss.geometry import pairwise_distances
+from structloss.metrics import silhouette_samples
+from structloss.silhouette import SoftSilhouetteLoss, soft_silhouette_samples
+
+def loop(z, labels, tau, beta, metric, soft_min, eps=1e-8):
+    "Independent reference: eqs. 7-13 from the distance matrix, one sample at a time."
+    D = pairwise_distances(z, metric=metric)
+    out = []
+    for i in range(len(z)):
+        same = [j for j in range(len(z)) if labels[j] == labels[i] and j != i]
+        others = sorted({int(c) for c in labels.tolist()} - {int(labels[i])})
+        if not same or not others:
+            out.append(z.sum() * 0); continue
+        a = D[i, same].mean()
+        d_c = torch.stack([D[i, labels == c].mean() for c in others])
+        b = -beta * torch.logsumexp(-d_c / beta, 0) if soft_min == "logsumexp" else (torch.softmax(-d_c / beta, 0) * d_c).sum()
+        smax = tau * torch.logsumexp(torch.stack([a, b]) / tau, 0)
+        out.append((b - a) / (smax + eps))
+    return torch.stack(out)
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 16), st.integers(1, 5), st.integers(1, 6), st.integers(0, 10_000),
+       st.sampled_from(["cosine", "sqeuclidean", "euclidean"]), st.sampled_from(["logsumexp", "softmax"]),
+       st.floats(0.05, 2.0), st.floats(0.05, 2.0))
+def test_vectorised_matches_loop_in_value_and_gradient(n, d, n_classes, seed, metric, soft_min, tau, beta):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, n_classes, (n,), generator=g) * 4 + 1
+    if n > 2: z[1] = z[0]                                            # ties
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours = soft_silhouette_samples(z1, labels, tau, beta, metric, soft_min)
+    ref = loop(z2, labels, tau, beta, metric, soft_min)
+    assert_close(ours, ref)
+    w = torch.randn(n, generator=g, dtype=torch.float64)
+    (ours * w).sum().backward(); (ref * w).sum().backward()
+    assert_close(z1.grad, z2.grad)
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean", "euclidean"])
+def test_small_temperature_recovers_the_silhouette(metric):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (80,), generator=g)
+    z = torch.randn(5, 6, generator=g, dtype=torch.float64)[labels] + torch.randn(80, 6, generator=g, dtype=torch.float64)
+    assert_close(soft_silhouette_samples(z, labels, 1e-5, metric=metric), silhouette_samples(z, labels, metric), atol=1e-4, rtol=0)
+
+def test_loss_with_singletons_zero_tends_to_minus_score():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    z = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    from sklearn.metrics import silhouette_score
+    loss = SoftSilhouetteLoss(temperature=1e-5, singletons="zero")(z, labels)
+    assert float(loss) == pytest.approx(1 - silhouette_score(z.numpy(), labels.numpy(), metric="cosine"), abs=1e-4)
+
+def test_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 7, 7])
+    for kw in ({}, {"soft_min": "softmax"}, {"metric": "sqeuclidean", "singletons": "zero"}):
+        assert torch.autograd.gradcheck(lambda t: SoftSilhouetteLoss(0.2, **kw)(t, labels), (z,))
+
+@pytest.mark.parametrize("labels", [[3, 3, 3, 3], [0, 1, 2, 3], [5]])
+def test_nothing_to_learn_gives_zero_and_zero_gradient(labels):
+    labels = torch.tensor(labels)
+    z = torch.randn(len(labels), 4, requires_grad=True)
+    loss = SoftSilhouetteLoss()(z, labels); loss.backward()
+    assert loss.item() == 0.0 and torch.equal(z.grad, torch.zeros_like(z))
+    assert SoftSilhouetteLoss().active_ratio(z.detach(), labels).item() == 0.0
+
+def test_batch_order_invariance_and_device_dtype():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(30, 8, generator=g); labels = torch.randint(0, 4, (30,), generator=g)
+    perm = torch.randperm(30, generator=g)
+    loss = SoftSilhouetteLoss()
+    assert_close(loss(z[perm], labels[perm]), loss(z, labels))
+    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        zz = z.detach().to(dt).clone().requires_grad_(); out = loss(zz, labels); out.backward()
+        assert out.dtype == dt and out.device == z.device and torch.isfinite(zz.grad).all()
+
+def test_half_precision_large_inputs_do_not_overflow():
+    z = torch.full((8, 16), 200.0, dtype=torch.float16); z[4:] = -200.0
+    z = z + torch.randn(8, 16).half()
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    for metric in ("cosine", "sqeuclidean", "euclidean"):
+        zz = z.clone().requires_grad_()
+        out = SoftSilhouetteLoss(temperature=0.01, metric=metric)(zz, labels); out.backward()
+        assert torch.isfinite(out) and torch.isfinite(zz.grad).all(), metric
+
+def test_bad_inputs():
+    z = torch.randn(6, 3); labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match="temperature"): SoftSilhouetteLoss(temperature=-1)
+    with pytest.raises(TypeError, match="integer class ids"): SoftSilhouetteLoss()(z, labels.float())
+    with pytest.raises(ValueError, match="shape \\[N, d\\]"): SoftSilhouetteLoss()(z[None], labels)
+    with pytest.raises(ValueError, match="5 entries"): SoftSilhouetteLoss()(z, labels[:5])
+    with pytest.raises(ValueError, match="NaN or inf"): SoftSilhouetteLoss()(z / 0, labels)
