@@ -55,10 +55,13 @@ def render() -> str:
     for module_name, stem in modules_in_reading_order():
         module = importlib.import_module(f"structloss.{module_name}")
         out += [f"## `structloss.{module_name}`", "", f"Chapter: {{doc}}`nbs/{stem}`", ""]
-        for name in getattr(module, "__all__", []):
+        names = getattr(module, "__all__", [])
+        constants = [n for n in names if not (inspect.isfunction(getattr(module, n)) or inspect.isclass(getattr(module, n)))]
+        if constants:
+            out += ["| constant | value |", "| --- | --- |", *[f"| `{n}` | `{getattr(module, n)!r}` |" for n in constants], ""]
+        for name in names:
+            if name in constants: continue
             obj = getattr(module, name)
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
-                out += [f"### `{name}`", "", f"Constant: `{obj!r}`", ""]; continue
             kind = "class" if inspect.isclass(obj) else "def"
             out += [f"### `{name}`", "", "```python", f"{kind} {name}{_signature(obj)}", "```", "",
                     inspect.getdoc(obj) or "", ""]

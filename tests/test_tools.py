@@ -1,0 +1,46 @@
+"The notebook plumbing in tools/: directives parsed as nbdev does, and the three hazards handled."
+import sys
+from pathlib import Path
+import nbformat, pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from notebooks import prepare_book, prepare_nbval, split_directives  # noqa: E402
+
+@pytest.mark.parametrize("source, directives, body", [
+    ("#| default_exp core\nimport torch", {"default_exp": "core"}, "import torch"),
+    ("#| hide\n#| eval: false\n\nx = 1", {"hide": "", "eval": "false"}, "x = 1"),
+    ("#|export\nx = 1", {"export": ""}, "x = 1"),
+    ("x = 1\n#| hide", {}, "x = 1\n#| hide"),               # only leading lines are directives
+])
+def test_split_directives(source, directives, body):
+    assert split_directives(source) == (directives, body)
+
+@pytest.fixture
+def notebook_dir(tmp_path):
+    cells = [nbformat.v4.new_code_cell("#| default_exp demo"),
+             nbformat.v4.new_code_cell("#| hide\nassert True"),
+             nbformat.v4.new_code_cell("#| eval: false\nraise SystemExit"),
+             nbformat.v4.new_code_cell("#| echo: false\nprint(1)"),
+             nbformat.v4.new_code_cell("#| export\ndef f(): return 1"),
+             nbformat.v4.new_markdown_cell("# Title")]
+    cells[3].outputs = [nbformat.v4.new_output("stream", text="1\n")]   # execution_count None, as nbdev-clean leaves it
+    (tmp_path / "nbs").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "nbs" / "05_demo.ipynb")
+    return tmp_path
+
+def test_nbval_copies_have_no_outputs_and_skip_eval_false(notebook_dir):
+    out = prepare_nbval(notebook_dir / "nbval", nbs=notebook_dir / "nbs")
+    cells = nbformat.read(out[0], as_version=4).cells
+    assert all(not c.outputs for c in cells if c.cell_type == "code")
+    assert cells[2].source.startswith("# NBVAL_SKIP\n")
+    assert not cells[1].source.startswith("# NBVAL_SKIP")                 # hidden tests still run
+
+def test_book_copies_turn_directives_into_tags(notebook_dir):
+    out = prepare_book(notebook_dir / "book", nbs=notebook_dir / "nbs")
+    cells = nbformat.read(out[0], as_version=4).cells
+    assert all("#|" not in c.source for c in cells)
+    assert len(cells) == 5                                               # the empty default_exp cell is dropped
+    tags = {c.source: c.metadata.get("tags", []) for c in cells}
+    assert tags["assert True"] == ["remove-cell"] and tags["print(1)"] == ["remove-input"]
+    assert tags["def f(): return 1"] == [] and tags["raise SystemExit"] == []
+    assert cells[2].outputs                                              # stored outputs are kept
