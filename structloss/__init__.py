@@ -21,7 +21,20 @@ Modules:
 
 __version__ = "0.1.0"
 
-from .core import *
-from .geometry import *
-from .metrics import *
-from .silhouette import *
+# The public API, chapter by chapter (module = chapter, see the book).
+from .core import *          # 00 conventions
+from .geometry import *      # 01 geometry of embeddings
+from .metrics import *       # 02 diagnostics
+from .silhouette import *    # 10 Soft Silhouette loss
+from .pairs import *         # 11 pair-based losses
+from .contrastive import *   # 12 softmax contrastive losses
+from .proxies import *       # 13 proxy and centre losses
+from .magnet import *        # 14 magnet loss and Latent Boost
+from .graph import *         # 15 graph smoothness loss
+from .objectives import *    # 16 objectives
+from .greediness import *    # 17 greediness diagnostics
+from .data import *          # 20 lab bench: data
+from .samplers import *      # 21 lab bench: batch samplers
+from .models import *        # 22 lab bench: models
+from .train import *         # 23 lab bench: training and evaluation
+from .experiments import *   # 24 lab bench: experiments and the CLI

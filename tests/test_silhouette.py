@@ -39,6 +39,18 @@ def test_vectorised_matches_loop_in_value_and_gradient(n, d, n_classes, seed, me
     (ours * w).sum().backward(); (ref * w).sum().backward()
     assert_close(z1.grad, z2.grad)
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 30), st.integers(1, 8), st.integers(2, 10), st.integers(0, 10_000), st.floats(1e-3, 1.0),
+       st.sampled_from(["cosine", "sqeuclidean", "euclidean"]), st.floats(0.0, 1.0))
+def test_default_scores_stay_in_range(n, d, n_classes, seed, tau, metric, spread):
+    "With the weighted soft-min (10b), |s~| < 1 and the loss stays in [0, 2], even for crowded classes."
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, n_classes, (n,), generator=g)
+    z = 1 + spread * torch.randn(n, d, generator=g, dtype=torch.float64)
+    s = soft_silhouette_samples(z, labels, tau, metric=metric)
+    assert s.abs().max() < 1
+    assert 0 <= float(SoftSilhouetteLoss(tau, metric=metric)(z, labels)) <= 2
+
 @pytest.mark.parametrize("metric", ["cosine", "sqeuclidean", "euclidean"])
 def test_small_temperature_recovers_the_silhouette(metric):
     g = torch.Generator().manual_seed(0)

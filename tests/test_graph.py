@@ -1,0 +1,166 @@
+"Property tests for structloss.graph: GraphSmoothnessLoss against a plain loop (chapter 15)."
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+from torch.testing import assert_close
+
+from structloss.graph import GraphSmoothnessLoss, knn_graph, similarity_weights, SYMMETRIZATIONS
+from structloss.geometry import squared_euclidean_distances
+
+
+def graph_loop(x, labels, k=None, alpha=2.0, squared=False, symmetrize="or"):
+    "Eqs. 1-2 vertex by vertex: neighbours = every other sample at most as far as the k-th nearest."
+    N = len(x)
+    k = N - 1 if k is None else k
+    dist = [[((x[m] - x[n]) ** 2).sum() if squared else ((x[m] - x[n]) ** 2).sum().sqrt() for n in range(N)] for m in range(N)]
+    directed = [[False] * N for _ in range(N)]
+    for m in range(N):
+        d_k = sorted(float(dist[m][n].detach()) for n in range(N) if n != m)[k - 1]
+        for n in range(N): directed[m][n] = n != m and float(dist[m][n].detach()) <= d_k
+    total = x.sum() * 0
+    for m in range(N):
+        for n in range(N):
+            a, b = directed[m][n], directed[n][m]
+            if {"or": a or b, "and": a and b, "none": a}[symmetrize] and labels[m] != labels[n]:
+                total = total + torch.exp(-alpha * dist[m][n])
+    return total
+
+
+@st.composite
+def batches(draw, max_n=10, max_d=4):
+    "float64 batches; with `grid`, small-integer coordinates so that distances tie exactly."
+    n = draw(st.integers(2, max_n)); d = draw(st.integers(1, max_d))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31 - 1)))
+    if draw(st.booleans()):
+        x = torch.randint(-2, 3, (n, d), generator=g).double()          # exact ties, maybe coincident points
+    else:
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.tensor(draw(st.lists(st.sampled_from([-1, 0, 4, 9]), min_size=n, max_size=n)))
+    k = draw(st.one_of(st.none(), st.integers(1, n - 1)))
+    return x, y, k
+
+
+SETTINGS = dict(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from(SYMMETRIZATIONS), st.booleans(), st.sampled_from([0.3, 2.0]))
+def test_matches_loop(batch, sym, squared, alpha):
+    x, y, k = batch
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    la = GraphSmoothnessLoss(k=k, alpha=alpha, squared=squared, symmetrize=sym)(a, y)
+    lb = graph_loop(b, y, k=k, alpha=alpha, squared=squared, symmetrize=sym)
+    assert_close(la, lb, atol=1e-10, rtol=1e-9)
+    la.backward(); lb.backward()
+    assert torch.isfinite(a.grad).all()
+    if torch.isfinite(b.grad).all():          # the loop's plain sqrt has no gradient at coincident cross-class points
+        assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8)
+
+
+@settings(**SETTINGS)
+@given(batches(), st.integers(0, 1000), st.sampled_from(SYMMETRIZATIONS))
+def test_batch_order_invariance_with_ties(batch, seed, sym):
+    x, y, k = batch
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    loss = GraphSmoothnessLoss(k=k, symmetrize=sym)
+    assert_close(loss(x[perm], y[perm]), loss(x, y), atol=1e-10, rtol=1e-9)
+    A = knn_graph(squared_euclidean_distances(x), len(x) - 1 if k is None else k, sym)
+    A_p = knn_graph(squared_euclidean_distances(x[perm]), len(x) - 1 if k is None else k, sym)
+    assert torch.equal(A_p, A[perm][:, perm])
+
+
+@settings(**SETTINGS)
+@given(batches())
+def test_graph_structure(batch):
+    "No self-loops; every vertex has at least k out-neighbours; 'and' <= 'none' <= 'or'; k = N-1 is complete."
+    x, y, k = batch
+    N = len(x); kk = N - 1 if k is None else k
+    sq = squared_euclidean_distances(x)
+    A = {s: knn_graph(sq, kk, s) for s in SYMMETRIZATIONS}
+    assert not A["or"].diagonal().any()
+    assert (A["none"].sum(1) >= kk).all()
+    assert (A["and"] <= A["none"]).all() and (A["none"] <= A["or"]).all()
+    assert torch.equal(A["or"], A["or"].T) and torch.equal(A["and"], A["and"].T)
+    if kk == N - 1:
+        for s in SYMMETRIZATIONS: assert torch.equal(A[s], ~torch.eye(N, dtype=torch.bool))
+
+
+@settings(**SETTINGS)
+@given(batches())
+def test_loss_grows_with_k(batch):
+    "More neighbours, more (non-negative) cross-class terms: the loss is monotone in k."
+    x, y, _ = batch
+    losses = [float(GraphSmoothnessLoss(k=k)(x, y)) for k in range(1, len(x))]
+    assert all(a <= b + 1e-12 for a, b in zip(losses, losses[1:]))
+
+
+@settings(**SETTINGS)
+@given(batches(), st.integers(0, 1000))
+def test_rigid_motion_invariance(batch, seed):
+    x, y, k = batch
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(x.shape[1], x.shape[1], generator=g, dtype=torch.float64))
+    # a generic rotation may break exact ties by rounding: use the complete graph or a sign flip + translation
+    loss = GraphSmoothnessLoss(k=None)
+    assert_close(loss(x @ Q + 3.0, y), loss(x, y), atol=1e-9, rtol=1e-9)
+    assert_close(GraphSmoothnessLoss(k=k)(-x + 2.0, y), GraphSmoothnessLoss(k=k)(x, y), atol=1e-10, rtol=1e-9)
+
+
+def test_complete_graph_closed_form():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 3, generator=g, dtype=torch.float64); y = torch.arange(9) % 3
+    d = torch.cdist(x, x)
+    want = (torch.exp(-2.0 * d) * (y[:, None] != y[None])).sum()
+    for sym in SYMMETRIZATIONS: assert_close(GraphSmoothnessLoss(symmetrize=sym)(x, y), want)
+
+
+def test_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True); y = torch.tensor([0, 0, 1, 1, 2, 2, 2, 7])
+    for kw in (dict(k=2), dict(k=3, squared=True, symmetrize="and"), dict(k=4, symmetrize="none"), dict()):
+        assert torch.autograd.gradcheck(lambda t: GraphSmoothnessLoss(alpha=0.5, **kw)(t, y), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(32, 8, generator=g) * 300).to(dtype); y = torch.arange(32) % 4
+    loss = GraphSmoothnessLoss(k=5, alpha=1e-3, squared=True)      # squared distances ~1e6: beyond float16
+    out = loss(x, y)
+    assert out.dtype == dtype and torch.isfinite(out)
+    assert_close(out.float(), loss(x.float(), y), atol=1e-2, rtol=1e-2)
+    xg = x.clone().requires_grad_(); loss(xg, y).backward()
+    assert torch.isfinite(xg.grad.float()).all()
+
+
+def test_nothing_to_learn_and_coincident_points():
+    x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    out = GraphSmoothnessLoss(k=2)(x, torch.full((6,), 3)); out.backward()
+    assert float(out.detach()) == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+    z = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
+    out = GraphSmoothnessLoss()(z, torch.tensor([0, 1, 1])); out.backward()
+    assert float(out.detach()) == 4.0 and torch.isfinite(z.grad).all()
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from([0.0, 1e-6, 0.2]))
+def test_active_ratio_rule(batch, tol):
+    x, y, k = batch
+    loss = GraphSmoothnessLoss(k=k, active_tol=tol)
+    W, A, Q = loss.edges(x, y)
+    want = float((A & Q & (W > tol)).sum()) / float(A.sum())
+    assert float(loss.active_ratio(x, y)) == pytest.approx(want, abs=1e-6)
+    assert 0.0 <= float(loss.active_ratio(x, y)) <= 1.0
+
+
+def test_errors():
+    x = torch.randn(4, 2); y = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="need a batch of at least 5"): GraphSmoothnessLoss(k=4)(x, y)
+    with pytest.raises(ValueError, match="positive int"): GraphSmoothnessLoss(k=0)
+    with pytest.raises(ValueError, match="positive int"): GraphSmoothnessLoss(k=True)
+    with pytest.raises(ValueError, match="alpha"): GraphSmoothnessLoss(alpha=-1.0)
+    with pytest.raises(ValueError, match="symmetrize"): GraphSmoothnessLoss(symmetrize="mutual")
+    with pytest.raises(ValueError, match="at least 2"): GraphSmoothnessLoss()(x[:1], y[:1])
+    with pytest.raises(ValueError, match="4 entries"): GraphSmoothnessLoss()(torch.randn(5, 2), y)

@@ -1,0 +1,340 @@
+"Property tests for structloss.magnet: MagnetLoss and LatentBoostLoss against plain loops (chapter 14)."
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+from torch.testing import assert_close
+
+from structloss.magnet import (MagnetLoss, LatentBoostLoss, latent_boost_schedule, explained_variance_dim,
+                               pca_projection, other_class_clusters, check_cluster_labels)
+from structloss.geometry import class_index
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference loops (the chapter's, restated so the tests do not depend on the notebook)
+
+def magnet_loop(r, labels, alpha=1.0, cluster_labels=None, eps=1e-12, power=1):
+    "Eqs. 1-2 one sample at a time; `power=2` divides by 2 sigma^4 (the common bug) instead of 2 sigma^2."
+    clusters = labels if cluster_labels is None else cluster_labels
+    N, keys = len(r), sorted(set(clusters.tolist()))
+    mu = {k: r[clusters == k].mean(0) for k in keys}
+    cls = {k: int(labels[clusters == k][0]) for k in keys}
+    sigma2 = (sum(((r[n] - mu[int(clusters[n])]) ** 2).sum() for n in range(N)) / (N - 1)).clamp_min(eps)
+    scale = 2 * sigma2 ** power
+    total = r.sum() * 0
+    for n in range(N):
+        num = torch.exp(-((r[n] - mu[int(clusters[n])]) ** 2).sum() / scale - alpha)
+        others = [k for k in keys if cls[k] != int(labels[n])]
+        if not others: continue
+        den = sum(torch.exp(-((r[n] - mu[k]) ** 2).sum() / scale) for k in others)
+        total = total + torch.clamp(-torch.log(num / den), min=0)
+    return total / N
+
+
+def latent_boost_loop(r, labels, epoch=0, num_epochs=1, alpha0=1.0, beta0=1.0, threshold=0.95, eps=1e-8, pca=True,
+                      singleton_variance="pooled", beta_placement="exponent", hinge=True, cluster_labels=None):
+    clusters = labels if cluster_labels is None else cluster_labels
+    N, n_feat = r.shape
+    alpha = 1 + alpha0 * math.exp(-epoch / (1.05 * num_epochs))
+    beta = max(beta0 * (1 - epoch / (0.2 * num_epochs)), eps)
+    if pca:
+        x = r.detach(); xc = x - x.mean(0)
+        lam, V = torch.linalg.eigh(xc.T @ xc / (N - 1)); lam, V = lam.flip(0), V.flip(1)
+        max_dim = min(N, n_feat); dim = max_dim
+        for i in range(1, max_dim + 1):
+            if lam[:i].sum() / lam[:max_dim].sum() >= threshold: dim = i; break
+        W = V[:, :dim].T
+        r = torch.stack([W @ r[n] for n in range(N)])
+    keys = sorted(set(clusters.tolist()))
+    members = {k: [n for n in range(N) if int(clusters[n]) == k] for k in keys}
+    mu = {k: sum(r[n] for n in members[k]) / len(members[k]) for k in keys}
+    cls = {k: int(labels[members[k][0]]) for k in keys}
+    pooled = sum(((r[n] - mu[int(clusters[n])]) ** 2).sum() for n in range(N)) / (N - 1)
+    var = {}
+    for k in keys:
+        if len(members[k]) > 1: v = sum(((r[n] - mu[k]) ** 2).sum() for n in members[k]) / (len(members[k]) - 1)
+        else: v = pooled if singleton_variance == "pooled" else r.sum() * 0
+        var[k] = torch.clamp(v, min=eps)
+    total = r.sum() * 0
+    for n in range(N):
+        own = int(clusters[n])
+        num = torch.exp(-((r[n] - mu[own]) ** 2).sum() / (2 * var[own]) - alpha)
+        den = r.sum() * 0
+        for k in keys:
+            if cls[k] == int(labels[n]): continue
+            e = -((r[n] - mu[k]) ** 2).sum() / (2 * var[k])
+            den = den + (torch.exp(e * beta) if beta_placement == "exponent" else torch.exp(e) * beta)
+        term = -torch.log(num / (den + eps))
+        total = total + (torch.clamp(term, min=0) if hinge else term)
+    return total / N
+
+
+# ----------------------------------------------------------------------------------------------------------
+# batches
+
+@st.composite
+def batches(draw, max_n=12, max_d=5):
+    "float64 batches with random sizes, labels with gaps, optional duplicated rows (ties) and singletons."
+    n = draw(st.integers(2, max_n)); d = draw(st.integers(1, max_d))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(n, d, generator=g, dtype=torch.float64) * draw(st.sampled_from([0.1, 1.0, 3.0]))
+    y = torch.tensor(draw(st.lists(st.sampled_from([-3, 0, 2, 7, 11]), min_size=n, max_size=n)))
+    if draw(st.booleans()) and n > 2:  # a tie: duplicate a row inside its class
+        r[1] = r[0]; y[1] = y[0]
+    return r, y
+
+
+def grads(loss_fn, r, y, **kw):
+    x = r.clone().requires_grad_()
+    out = loss_fn(x, y, **kw)
+    out.backward()
+    return out.detach(), x.grad
+
+
+def compare(v1, g1, v2, g2, atol=1e-9, rtol=1e-8):
+    "Vectorised (v1, g1) must be finite; it must equal the naive loop (v2, g2) wherever the loop itself is finite."
+    assert torch.isfinite(v1) and torch.isfinite(g1).all()
+    if torch.isfinite(v2): assert_close(v1, v2, atol=atol, rtol=rtol)
+    if torch.isfinite(g2).all(): assert_close(g1, g2, atol=atol, rtol=rtol)   # the naive ratio can give 0/0
+
+
+SETTINGS = dict(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MagnetLoss
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from([0.0, 0.5, 1.0, 4.0]))
+def test_magnet_matches_loop(batch, alpha):
+    r, y = batch
+    v1, g1 = grads(MagnetLoss(alpha), r, y)
+    v2, g2 = grads(lambda x, yy: magnet_loop(x, yy, alpha), r, y)
+    compare(v1, g1, v2, g2)
+
+
+@settings(**SETTINGS)
+@given(batches())
+def test_magnet_is_scale_invariant(batch):
+    "Distances / (2 sigma^2) do not change when the batch is scaled; with 2 sigma^4 they would."
+    r, y = batch
+    assert_close(MagnetLoss()(3.0 * r, y), MagnetLoss()(r, y), atol=1e-10, rtol=1e-8)
+
+
+def test_magnet_uses_two_sigma_squared_not_sigma_fourth():
+    r = torch.tensor([[0.0], [2.0], [2.5], [4.5]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1])                      # sigma^2 = 4/3
+    assert abs(float(MagnetLoss()(r, y)) - 0.265625) < 1e-12
+    assert abs(float(magnet_loop(r, y, power=2)) - 0.32421875) < 1e-12
+    # and on random data the two versions differ whenever sigma^2 != 1
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(10, 3, generator=g, dtype=torch.float64) * 2; y = torch.arange(10) % 3
+    assert_close(MagnetLoss()(r, y), magnet_loop(r, y))
+    assert abs(float(MagnetLoss()(r, y) - magnet_loop(r, y, power=2))) > 1e-3
+
+
+@settings(**SETTINGS)
+@given(batches(), st.integers(0, 1000))
+def test_magnet_permutation_translation_rotation(batch, seed):
+    r, y = batch
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(r), generator=g)
+    Q, _ = torch.linalg.qr(torch.randn(r.shape[1], r.shape[1], generator=g, dtype=torch.float64))
+    base = MagnetLoss()(r, y)
+    assert_close(MagnetLoss()(r[perm], y[perm]), base, atol=1e-10, rtol=1e-9)
+    assert_close(MagnetLoss()(r @ Q + 5.0, y), base, atol=1e-9, rtol=1e-8)
+
+
+@settings(**SETTINGS)
+@given(batches())
+def test_magnet_cluster_labels_equal_to_labels(batch):
+    r, y = batch
+    assert_close(MagnetLoss()(r, y, cluster_labels=y * 10 + 1), MagnetLoss()(r, y))
+
+
+def test_magnet_explicit_clusters_match_loop():
+    g = torch.Generator().manual_seed(5)
+    for _ in range(10):
+        y = torch.tensor([0] * 6 + [1] * 5 + [2] * 3)
+        k = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5])
+        r = torch.randn(14, 3, generator=g, dtype=torch.float64)
+        v1, g1 = grads(MagnetLoss(), r, y, cluster_labels=k)
+        v2, g2 = grads(lambda x, yy, cluster_labels: magnet_loop(x, yy, cluster_labels=cluster_labels), r, y, cluster_labels=k)
+        assert_close(v1, v2); assert_close(g1, g2)
+
+
+def test_magnet_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    r = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 5])
+    assert torch.autograd.gradcheck(lambda x: MagnetLoss(0.3)(x, y), (r,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_magnet_half_precision(dtype):
+    g = torch.Generator().manual_seed(3)
+    r = (torch.randn(32, 16, generator=g) * 200).to(dtype)      # squares overflow float16
+    y = torch.arange(32) % 4
+    out = MagnetLoss()(r, y)
+    assert out.dtype == dtype and torch.isfinite(out)
+    assert_close(out.float(), MagnetLoss()(r.float(), y), atol=1e-2, rtol=1e-2)
+    x = r.clone().requires_grad_(); MagnetLoss()(x, y).backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+
+
+def test_magnet_nothing_to_learn():
+    r = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    out = MagnetLoss()(r, torch.full((6,), 4)); out.backward()
+    assert float(out.detach()) == 0.0 and torch.equal(r.grad, torch.zeros_like(r))
+    assert float(MagnetLoss().active_ratio(r, torch.full((6,), 4))) == 0.0
+
+
+@settings(**SETTINGS)
+@given(batches())
+def test_magnet_active_ratio_rule(batch):
+    "active_ratio = share of samples whose hinge argument is > 0; zero exactly when the loss is zero."
+    r, y = batch
+    m = MagnetLoss()
+    ratio = float(m.active_ratio(r, y))
+    t = m.hinge_arguments(r, y)
+    assert ratio == pytest.approx(float((t > 0).double().mean()))
+    assert (ratio == 0) == (float(m(r, y)) == 0)
+
+
+def test_magnet_errors():
+    r = torch.randn(4, 2); y = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="at least 2"): MagnetLoss()(r[:1], y[:1])
+    with pytest.raises(ValueError, match="holds samples of 2 classes"): MagnetLoss()(r, y, torch.tensor([0, 1, 1, 2]))
+    with pytest.raises(TypeError, match="integer class ids"): MagnetLoss()(r, y, torch.tensor([0.0, 1, 1, 2]))
+    with pytest.raises(ValueError, match="`cluster_labels` has 3 entries"): MagnetLoss()(r, y, torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match="floating point"): MagnetLoss()(r.long(), y)
+
+
+def test_other_class_clusters_mask():
+    y = torch.tensor([3, 3, 8, 8, 8]); k = torch.tensor([0, 1, 2, 2, 9])
+    ids, K = class_index(k)
+    assert other_class_clusters(y, ids, K).tolist() == [[False, False, True, True], [False, False, True, True],
+                                                        [True, True, False, False], [True, True, False, False],
+                                                        [True, True, False, False]]
+    check_cluster_labels(k, y)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LatentBoostLoss
+
+OPTIONS = [dict(), dict(pca=False), dict(hinge=False), dict(beta_placement="factor"), dict(singleton_variance="eps"),
+           dict(threshold=0.7, alpha0=2.0, beta0=0.5)]
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from(OPTIONS), st.sampled_from([(0, 1), (1, 10), (2, 10), (7, 10)]))
+def test_latent_boost_matches_loop(batch, kw, epochs):
+    r, y = batch
+    m = LatentBoostLoss(**kw); m.set_epoch(*epochs)
+    v1, g1 = grads(m, r, y)
+    v2, g2 = grads(lambda x, yy: latent_boost_loop(x, yy, *epochs, **kw), r, y)
+    compare(v1, g1, v2, g2, atol=1e-8, rtol=1e-7)
+
+
+@settings(**SETTINGS)
+@given(batches(), st.integers(0, 1000))
+def test_latent_boost_full_pca_is_a_rotation(batch, seed):
+    "threshold=1 keeps every component: with more samples than features the PCA is a rotation, the loss unchanged."
+    r, y = batch
+    if len(r) <= r.shape[1]: r = torch.cat([r, r + 0.1 * torch.randn_like(r)]); y = torch.cat([y, y])
+    assert_close(LatentBoostLoss(threshold=1.0)(r, y), LatentBoostLoss(pca=False)(r, y), atol=1e-9, rtol=1e-8)
+
+
+@settings(**SETTINGS)
+@given(batches(), st.integers(0, 1000))
+def test_latent_boost_permutation_invariance(batch, seed):
+    r, y = batch
+    perm = torch.randperm(len(r), generator=torch.Generator().manual_seed(seed))
+    for kw in ({}, {"pca": False}):
+        m = LatentBoostLoss(**kw); m.set_epoch(1, 10)
+        # a PCA whose kept singular value ties with a dropped one is not unique; skip such batches
+        S = torch.linalg.svdvals(r - r.mean(0))
+        if kw == {} and len(S) > 1 and (S[:-1] - S[1:]).abs().min() < 1e-6: continue
+        assert_close(m(r[perm], y[perm]), m(r, y), atol=1e-9, rtol=1e-8)
+
+
+def test_latent_boost_beta_placements_agree_at_beta_one():
+    g = torch.Generator().manual_seed(4)
+    r = torch.randn(12, 4, generator=g, dtype=torch.float64); y = torch.arange(12) % 3
+    assert_close(LatentBoostLoss(beta_placement="exponent")(r, y), LatentBoostLoss(beta_placement="factor")(r, y))
+    a, b = LatentBoostLoss(beta_placement="exponent"), LatentBoostLoss(beta_placement="factor")
+    a.set_epoch(1, 10); b.set_epoch(1, 10)     # beta = 0.5: they differ
+    assert abs(float(a(r, y) - b(r, y))) > 1e-4
+
+
+def test_latent_boost_gradient_through_svd_matches_eigh():
+    "detach_pca=False: the gradient through torch.linalg.svd equals the one through eigh of the covariance."
+    g = torch.Generator().manual_seed(6)
+    r = torch.randn(14, 4, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0, 0.2], dtype=torch.float64)
+    y = torch.arange(14) % 3
+
+    def loop_through_eigh(x, yy):
+        xc = x - x.mean(0)
+        lam, V = torch.linalg.eigh(xc.T @ xc / (len(x) - 1)); lam, V = lam.flip(0), V.flip(1)
+        dim = int(explained_variance_dim(lam.detach().clamp_min(0).sqrt(), 0.95))
+        return latent_boost_loop(x @ V[:, :dim] @ V[:, :dim].T, yy, pca=False)
+    v1, g1 = grads(LatentBoostLoss(detach_pca=False), r, y)
+    v2, g2 = grads(loop_through_eigh, r, y)
+    assert_close(v1, v2); assert_close(g1, g2)
+    v3, g3 = grads(LatentBoostLoss(detach_pca=True), r, y)
+    assert_close(v3, v1)
+    assert not torch.allclose(g3, g1)   # the detached projection drops the gradient through W_PCA
+
+
+def test_latent_boost_gradcheck():
+    g = torch.Generator().manual_seed(7)
+    r = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 5])
+    for kw in (dict(), dict(beta_placement="factor", pca=False), dict(detach_pca=False)):
+        m = LatentBoostLoss(**kw); m.set_epoch(1, 10)
+        assert torch.autograd.gradcheck(lambda x: m(x, y), (r,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_latent_boost_half_precision(dtype):
+    g = torch.Generator().manual_seed(8)
+    r = (torch.randn(32, 16, generator=g) * 200).to(dtype); y = torch.arange(32) % 4
+    out = LatentBoostLoss()(r, y)
+    assert out.dtype == dtype and torch.isfinite(out)
+    assert_close(out.float(), LatentBoostLoss()(r.float(), y), atol=2e-2, rtol=1e-2)
+
+
+def test_latent_boost_nothing_to_learn():
+    r = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    out = LatentBoostLoss()(r, torch.zeros(6, dtype=torch.long)); out.backward()
+    assert float(out.detach()) == 0.0 and torch.equal(r.grad, torch.zeros_like(r))
+
+
+def test_latent_boost_schedule_values():
+    assert latent_boost_schedule(0, 10) == (2.0, 1.0)
+    a, b = latent_boost_schedule(1, 10, alpha0=3.0, beta0=2.0)
+    assert a == pytest.approx(1 + 3 * math.exp(-1 / 10.5)) and b == pytest.approx(1.0)
+    assert latent_boost_schedule(2, 10)[1] == 1e-8 and latent_boost_schedule(9, 10)[1] == 1e-8
+    with pytest.raises(ValueError, match="epochs count from 0"): latent_boost_schedule(-1, 10)
+
+
+def test_pca_dim_and_projection():
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(200, 5, generator=g, dtype=torch.float64) * torch.tensor([4.0, 2.0, 1.0, 0.1, 0.1], dtype=torch.float64)
+    W, dim = pca_projection(z, 0.95)
+    assert int(dim) == 3
+    assert_close(W @ W.T, torch.diag(torch.tensor([1.0, 1, 1, 0, 0], dtype=torch.float64)), atol=1e-10, rtol=0)
+    m = LatentBoostLoss(); m(z, torch.arange(200) % 2)
+    assert int(m.last_dim) == 3
+
+
+def test_latent_boost_errors():
+    with pytest.raises(ValueError, match="threshold"): LatentBoostLoss(threshold=1.5)
+    with pytest.raises(ValueError, match="beta0"): LatentBoostLoss(beta0=0)
+    with pytest.raises(ValueError, match="eps"): LatentBoostLoss(eps=0)
+    m = LatentBoostLoss()
+    with pytest.raises(ValueError, match="num_epochs"): m.set_epoch(0, 0)
+    with pytest.raises(ValueError, match="cluster 0"):
+        m(torch.randn(4, 2), torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]))

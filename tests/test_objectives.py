@@ -1,0 +1,85 @@
+"""`Objective` with every loss of the book as a term: single- and two-view batches, both forms (eqs. 1-2)."""
+from __future__ import annotations
+import pytest
+import torch
+import torch.nn.functional as F
+
+from structloss.greediness import build_loss, find_losses
+from structloss.objectives import Objective, ce_plus, latent_boost, silhouette_objective
+
+LOSSES = find_losses(verbose=False)
+N, C, D = 12, 4, 6
+
+
+def _batch(views: int, seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 3, 3, 0, 1])
+    shape = (N, D) if views == 1 else (N, views, D)
+    z = torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+    logits = torch.randn(*shape[:-1], C, generator=g, dtype=dtype).requires_grad_()
+    return logits, z, labels
+
+
+def test_losses_found():
+    assert LOSSES
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("views", [1, 2])
+@pytest.mark.parametrize("mix", [None, 0.75])
+def test_every_loss_as_a_term(name, views, mix):
+    loss = build_loss(LOSSES[name], num_classes=C, embedding_size=D).double()
+    objective = Objective({"term": (loss, 0.5)}, mix=mix)
+    logits, z, labels = _batch(views)
+    total, logs = objective(logits, z, labels)
+    assert sorted(logs) == ["ce", "term", "total"]
+    assert torch.isfinite(total) and total.dtype == torch.float64
+    # eq. 1 / eq. 2 recomputed by hand, views flattened sample by sample unless the loss takes them
+    with torch.no_grad():
+        ce = F.cross_entropy(logits.reshape(-1, C), labels.repeat_interleave(views))
+        if getattr(loss, "accepts_views", False) or views == 1: term = loss(z, labels)
+        else: term = loss(z.reshape(-1, D), labels.repeat_interleave(views))
+        want = ce + 0.5 * term if mix is None else mix * 0.5 * term + (1 - mix) * ce
+    torch.testing.assert_close(total.detach(), want)
+    total.backward()
+    assert torch.isfinite(z.grad).all() and torch.isfinite(logits.grad).all()
+    for p in objective.parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_give_float32_total(dtype):
+    name = sorted(LOSSES)[0]
+    objective = ce_plus(build_loss(LOSSES[name], num_classes=C, embedding_size=D), 0.5)
+    logits, z, labels = _batch(2, dtype=dtype)
+    total, logs = objective(logits, z, labels)
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_learnable_terms_are_parameters_of_the_objective():
+    learnable = [n for n, c in LOSSES.items() if any(True for _ in build_loss(c, C, D).parameters())]
+    if not learnable: pytest.skip("no loss with learnable class vectors is available")
+    for name in learnable:
+        objective = ce_plus(build_loss(LOSSES[name], C, D))
+        assert len(list(objective.parameters())) > 0, name
+
+
+def test_latent_boost_set_epoch_reaches_the_loss():
+    pytest.importorskip("structloss.magnet")
+    objective = latent_boost(lam=0.5)
+    objective.set_epoch(7, 20)
+    loss = next(iter(objective.losses.values()))
+    assert (loss.epoch, loss.num_epochs) == (7, 20)
+
+
+def test_silhouette_objectives():
+    pytest.importorskip("structloss.silhouette"); pytest.importorskip("structloss.contrastive")
+    logits, z, labels = _batch(2)
+    total, logs = silhouette_objective(0.3, supcon2=True)(logits, z, labels)
+    assert sorted(logs) == ["ce", "silhouette", "supcon", "total"] and torch.isfinite(total)
+    with pytest.raises(ValueError, match="expects 2 views"):
+        silhouette_objective(0.3, supcon2=True)(logits[:, 0], z[:, 0], labels)
+    total1, logs1 = silhouette_objective(0.3)(logits[:, 0], z[:, 0], labels)
+    assert sorted(logs1) == ["ce", "silhouette", "total"] and torch.isfinite(total1)

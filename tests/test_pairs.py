@@ -1,0 +1,307 @@
+"""structloss.pairs against plain loops and against pytorch-metric-learning (PML, a test-only dependency).
+
+Comparisons with PML use batches of at most 25 samples where exact ties matter: above 25 rows `torch.cdist`
+(used by PML's LpDistance) switches to a matrix-product formula whose rounding can move a term across 0 and
+change the count of AvgNonZeroReducer."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch.testing import assert_close
+
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+from pytorch_metric_learning.distances import DotProductSimilarity, LpDistance  # noqa: E402
+
+from structloss.geometry import label_masks  # noqa: E402
+from structloss.pairs import (ContrastiveLoss, NPairsLoss, TripletMarginLoss, avg_non_zero,  # noqa: E402
+                              first_two_per_class, pair_distances, triplet_margin_sums)
+
+
+# ---------------------------------------------------------------- batches
+def awkward_batch(seed, n=14, dim=5, dtype=torch.float64):
+    "Random embeddings; labels with gaps and a negative id, a singleton class, exact ties in and across classes."
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g, dtype=dtype)
+    y = torch.tensor([7, -2, 7, 3, 3, 7, 11, 3, -2, 7, 3, 40, 11, 11][:n])
+    x[2] = x[0]          # equal embeddings of one class: positive pair at distance 0
+    x[5] = x[0]          # a third copy: ties among the anchor's distances
+    x[4] = x[1]          # equal embeddings of different classes: negative pair at distance 0
+    return x, y
+
+
+def random_batch(seed, n=20, n_classes=5, dim=6, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(0, n_classes, (n,), generator=g) * 3 + 1
+
+
+BATCHES = [awkward_batch(s) for s in range(3)] + [random_batch(s) for s in range(3)]
+
+
+def value_and_grad(loss_fn, x, y):
+    x = x.clone().requires_grad_()
+    value = loss_fn(x, y)
+    value.backward()
+    return value.detach(), x.grad
+
+
+def assert_same(ours, theirs, x, y, **tol):
+    v1, g1 = value_and_grad(ours, x, y)
+    v2, g2 = value_and_grad(theirs, x, y)
+    assert_close(v1, v2.to(v1.dtype), **tol)
+    assert_close(g1, g2.to(g1.dtype), **tol)
+
+
+# ---------------------------------------------------------------- loops (one term at a time)
+def contrastive_loop(x, y, pos_margin=0.0, neg_margin=1.0, normalize=True):
+    z = F.normalize(x, dim=1) if normalize else x
+    pos, neg = [], []
+    for i in range(len(z)):
+        for j in range(len(z)):
+            if i == j:
+                continue
+            d = (z[i] - z[j]).norm()
+            if y[i] == y[j]:
+                pos.append(torch.relu(d - pos_margin))
+            else:
+                neg.append(torch.relu(neg_margin - d))
+
+    def avg_nz(terms):
+        nz = [t for t in terms if t > 0]
+        return sum(nz) / len(nz) if nz else x.sum() * 0
+    return avg_nz(pos) + avg_nz(neg)
+
+
+def triplet_loop(x, y, margin=0.05, normalize=True):
+    z = F.normalize(x, dim=1) if normalize else x
+    total, count = x.sum() * 0, 0
+    for a in range(len(z)):
+        for p in range(len(z)):
+            if p == a or y[p] != y[a]:
+                continue
+            for n in range(len(z)):
+                if y[n] == y[a]:
+                    continue
+                loss = torch.relu((z[a] - z[p]).norm() - (z[a] - z[n]).norm() + margin)
+                if loss > 0:
+                    total, count = total + loss, count + 1
+    return total / max(count, 1)
+
+
+def npairs_loop(x, y, normalize=True):
+    z = F.normalize(x, dim=1) if normalize else x
+    members = {}
+    for i, c in enumerate(y.tolist()):
+        members.setdefault(c, []).append(i)
+    pairs = [(m[0], m[1]) for m in members.values() if len(m) >= 2]
+    if not pairs:
+        return x.sum() * 0
+    out = [torch.logsumexp(torch.stack([z[a] @ z[q] for _, q in pairs]), 0) - z[a] @ z[p] for a, p in pairs]
+    return sum(out) / len(out)
+
+
+# ---------------------------------------------------------------- contrastive
+@pytest.mark.parametrize("batch", range(len(BATCHES)))
+@pytest.mark.parametrize("margins", [(0.0, 1.0), (0.3, 1.2), (0.0, 0.5)])
+def test_contrastive_matches_pml_and_loop(batch, margins):
+    x, y = BATCHES[batch]
+    ours = ContrastiveLoss(*margins)
+    assert_same(ours, pml_losses.ContrastiveLoss(*margins), x, y)
+    assert_same(ours, lambda e, l: contrastive_loop(e, l, *margins), x, y)
+
+
+def test_contrastive_defaults_and_unnormalised_match_pml():
+    assert (ContrastiveLoss().pos_margin, ContrastiveLoss().neg_margin) == (0.0, 1.0)
+    x, y = awkward_batch(4)
+    assert_same(ContrastiveLoss(neg_margin=4.0, normalize_embeddings=False),
+                pml_losses.ContrastiveLoss(neg_margin=4.0, distance=LpDistance(normalize_embeddings=False)), x, y)
+
+
+# ---------------------------------------------------------------- triplet
+@pytest.mark.parametrize("batch", range(len(BATCHES)))
+@pytest.mark.parametrize("margin", [0.05, 0.0, 0.4])
+def test_triplet_matches_pml_and_loop(batch, margin):
+    x, y = BATCHES[batch]
+    ours = TripletMarginLoss(margin)
+    assert_same(ours, pml_losses.TripletMarginLoss(margin=margin, triplets_per_anchor="all"), x, y)
+    assert_same(ours, lambda e, l: triplet_loop(e, l, margin), x, y)
+
+
+def test_triplet_defaults_equal_pml():
+    assert TripletMarginLoss().margin == pml_losses.TripletMarginLoss().margin == 0.05
+    assert pml_losses.TripletMarginLoss().triplets_per_anchor == "all"
+
+
+@pytest.mark.parametrize("margin", [2 - math.sqrt(2), 0.0, math.sqrt(2), 2.0, 0.05])
+def test_triplet_ties_exactly_at_the_margin(margin):
+    # unit axis vectors: distances exactly 0, sqrt(2) or 2, so d_ap - d_an + m == 0 happens exactly
+    x = torch.tensor([[1., 0, 0], [0, 1, 0], [-1, 0, 0], [0, 0, 1], [0, -1, 0], [1, 0, 0], [1, 0, 0]],
+                     dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0])
+    d = pair_distances(x)
+    pos, neg = label_masks(y)
+    valid = pos[:, :, None] & neg[:, None, :]
+    violation = d[:, :, None] - d[:, None, :] + margin
+    if margin in (2 - math.sqrt(2), 0.0, 2.0):
+        assert ((violation == 0) & valid).any()          # the batch really has boundary ties
+    _, k = triplet_margin_sums(d, pos, neg, margin)
+    assert k.sum().item() == ((violation > 0) & valid).sum().item()   # strict: loss > 0, as PML counts
+    assert_same(TripletMarginLoss(margin), pml_losses.TripletMarginLoss(margin=margin), x, y, atol=1e-12, rtol=1e-12)
+    assert_same(TripletMarginLoss(margin), lambda e, l: triplet_loop(e, l, margin), x, y, atol=1e-12, rtol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3), st.integers(0, 3)), min_size=1, max_size=12),
+       st.sampled_from([0.0, 1.0, 0.5, 2.0]))
+def test_triplet_integer_grid_ties_match_pml(points, margin):
+    # unnormalised integer points: many equal distances, and sqrt(4) + 1 == sqrt(9)-type ties at the margin
+    x = torch.tensor([p[:2] for p in points], dtype=torch.float64)
+    y = torch.tensor([p[2] for p in points])
+    ours = TripletMarginLoss(margin, normalize_embeddings=False)
+    theirs = pml_losses.TripletMarginLoss(margin=margin, distance=LpDistance(normalize_embeddings=False))
+    v1, g1 = value_and_grad(ours, x, y)
+    v2, g2 = value_and_grad(theirs, x, y)
+    assert torch.isfinite(v1) and torch.isfinite(g1).all()
+    assert_close(v1, v2, atol=1e-12, rtol=1e-12)
+    assert_close(g1, g2, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_triplet_float32_larger_batch_matches_pml(seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(300, 32, generator=g), torch.randint(0, 30, (300,), generator=g)
+    assert_same(TripletMarginLoss(), pml_losses.TripletMarginLoss(), x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_default_distances_are_pmls_and_exact_distances_zero_for_repeats():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 64, generator=g), torch.randint(0, 6, (60,), generator=g)
+    x[30:40], y[30:40] = x[:10], y[:10]          # repeated samples (a sampler drawing with replacement)
+    z = F.normalize(x, dim=1)
+    assert torch.equal(pair_distances(x), torch.cdist(z, z))                      # PML's LpDistance matrix
+    d_exact = pair_distances(x, exact=True)
+    assert d_exact[torch.arange(10), torch.arange(30, 40)].abs().max().item() == 0.0
+    loop = torch.stack([torch.stack([(z[i] - z[j]).norm() for j in range(60)]) for i in range(60)])
+    assert_close(d_exact, loop, atol=1e-6, rtol=0)
+    # exact distances: the repeated positive pairs add no loss term, as in the loop
+    assert_close(ContrastiveLoss(exact_distances=True)(x.double(), y), contrastive_loop(x.double(), y))
+    assert_close(TripletMarginLoss(exact_distances=True)(x.double(), y), triplet_loop(x.double(), y))
+    # defaults: PML's numbers at N > 25 too
+    assert_same(TripletMarginLoss(), pml_losses.TripletMarginLoss(), x, y, atol=1e-6, rtol=1e-5)
+    assert_same(ContrastiveLoss(), pml_losses.ContrastiveLoss(), x, y, atol=1e-6, rtol=1e-5)
+
+
+def test_triplet_sorted_equals_dense_sums_per_pair():
+    x, y = random_batch(9, n=40, n_classes=6)
+    d = pair_distances(x)
+    pos, neg = label_masks(y)
+    sums, k = triplet_margin_sums(d, pos, neg, 0.3)
+    dense = F.relu(d[:, :, None] - d[:, None, :] + 0.3) * (pos[:, :, None] & neg[:, None, :])
+    assert_close(sums, dense.sum(2))
+    assert torch.equal(k, (dense > 0).sum(2))
+
+
+# ---------------------------------------------------------------- N-pairs
+@pytest.mark.parametrize("batch", range(len(BATCHES)))
+def test_npairs_matches_pml_and_loop(batch):
+    x, y = BATCHES[batch]
+    assert_same(NPairsLoss(), pml_losses.NPairsLoss(), x, y)
+    assert_same(NPairsLoss(), npairs_loop, x, y)
+    assert_same(NPairsLoss(normalize_embeddings=False),
+                pml_losses.NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False)), x, y)
+
+
+def test_npairs_pairs_are_first_and_second_of_each_class():
+    anchor, positive = first_two_per_class(torch.tensor([4, 4, 1, 4, 9, 1, 2]))
+    assert anchor.tolist() == [True, False, True, False, False, False, False]
+    assert positive.tolist() == [False, True, False, False, False, True, False]
+
+
+# ---------------------------------------------------------------- shared behaviour
+LOSSES = [ContrastiveLoss(), TripletMarginLoss(), NPairsLoss()]
+PML = [pml_losses.ContrastiveLoss(), pml_losses.TripletMarginLoss(), pml_losses.NPairsLoss()]
+
+
+@pytest.mark.parametrize("i", range(3))
+@pytest.mark.parametrize("case", ["one_sample", "all_singletons", "one_class"])
+def test_nothing_to_learn_gives_zero_and_zero_gradient(i, case):
+    x = {"one_sample": torch.randn(1, 4), "all_singletons": torch.randn(5, 4), "one_class": torch.randn(5, 4)}[case]
+    y = {"one_sample": torch.tensor([3]), "all_singletons": torch.arange(5), "one_class": torch.zeros(5, dtype=torch.long)}[case]
+    x = x.double()
+    v, g = value_and_grad(LOSSES[i], x, y)
+    if i == 0 and case != "one_sample":   # contrastive still has pairs to pull together or push apart
+        assert v > 0
+    else:                                 # no triplet; for N-pairs no pair, or a single pair (softmax over 1)
+        assert v.item() == 0.0 and g.abs().max().item() == 0.0
+    assert torch.isfinite(g).all()
+    v_pml, _ = value_and_grad(PML[i], x, y)
+    assert_close(v, v_pml)
+
+
+def test_satisfied_margins_give_zero_and_zero_gradient():
+    x = torch.tensor([[1., 0.], [1., 0.], [-1., 0.], [-1., 0.]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1])
+    for loss in (ContrastiveLoss(), TripletMarginLoss(margin=1.0)):
+        v, g = value_and_grad(loss, x, y)
+        assert v.item() == 0.0 and g.abs().max().item() == 0.0
+        assert loss.active_ratio(x, y).item() == 0.0
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: type(l).__name__)
+def test_batch_order_invariance(loss):
+    x, y = random_batch(3, n=24)
+    g = torch.Generator().manual_seed(0)
+    # N-pairs picks each class's first two samples, so only orders that keep the order inside classes qualify
+    perm = torch.argsort(y, stable=True) if isinstance(loss, NPairsLoss) else torch.randperm(24, generator=g)
+    assert_close(loss(x[perm], y[perm]), loss(x, y))
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(loss, dtype):
+    x, y = random_batch(1, dtype=torch.float32)
+    out = loss(x.to(dtype), y)
+    assert out.dtype == dtype
+    assert_close(out.float(), loss(x.to(dtype).float(), y), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: type(l).__name__)
+def test_gradcheck(loss):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 3, dtype=torch.float64, generator=g).requires_grad_()
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 4, 4, 9])
+    assert torch.autograd.gradcheck(lambda t: loss(t, y), (x,))
+
+
+def test_active_ratios_follow_their_definitions():
+    x, y = awkward_batch(1)
+    d = pair_distances(x)
+    pos, neg = label_masks(y)
+    want = (((d > 0) & pos) | ((d < 1) & neg)).sum().item() / (pos | neg).sum().item()
+    assert abs(ContrastiveLoss().active_ratio(x, y).item() - want) < 1e-6
+    valid = pos[:, :, None] & neg[:, None, :]
+    want = (((d[:, :, None] - d[:, None, :] + 0.05) > 0) & valid).sum().item() / valid.sum().item()
+    assert abs(TripletMarginLoss().active_ratio(x, y).item() - want) < 1e-6
+    l, anchor = NPairsLoss().pair_losses(x, y)
+    want = ((1 - torch.exp(-l[anchor])) > 0.01).double().mean().item()
+    assert abs(NPairsLoss().active_ratio(x, y).item() - want) < 1e-6
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="`margin` must be finite"):
+        TripletMarginLoss(margin=float("nan"))
+    with pytest.raises(TypeError, match="`neg_margin` must be a real number"):
+        ContrastiveLoss(neg_margin=torch.tensor(1.0))
+    with pytest.raises(ValueError, match="`active_tol` must be >= 0"):
+        NPairsLoss(active_tol=-1)
+    with pytest.raises(ValueError, match="3 entries"):
+        TripletMarginLoss()(torch.randn(4, 2), torch.tensor([0, 1, 0]))
+    with pytest.raises(TypeError, match="integer class ids"):
+        NPairsLoss()(torch.randn(3, 2), torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_avg_non_zero():
+    losses = torch.tensor([0.0, 0.2, 0.0, 0.4, 9.0])
+    assert abs(avg_non_zero(losses, torch.tensor([True, True, True, True, False])).item() - 0.3) < 1e-7
+    assert avg_non_zero(losses, torch.zeros(5, dtype=torch.bool)).item() == 0.0
