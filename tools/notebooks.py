@@ -83,6 +83,7 @@ def execute(paths: list[Path], timeout: int = 1800) -> None:
     "Run notebooks in place (in the profile given by $STRUCTLOSS_PROFILE, `cpu` by default) to store their outputs."
     from nbclient import NotebookClient
     os.environ.setdefault("STRUCTLOSS_PROFILE", "cpu")
+    os.environ.pop("MPLBACKEND", None)       # kernels must use the inline backend, or figures are not stored
     for path in paths:
         t0 = time.perf_counter()
         nb = nbformat.read(path, as_version=4)
