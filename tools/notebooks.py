@@ -42,41 +42,42 @@ def _false(directives: dict[str, str], name: str) -> bool:
     return directives.get(name, "").lower() == "false"
 
 
-def prepare_nbval(dest: Path, nbs: Path = NBS) -> list[Path]:
-    "Copies for nbval: outputs and execution counts cleared, `#| eval: false` cells marked `# NBVAL_SKIP`."
+def _rewrite_copies(dest: Path, nbs: Path, rewrite_cell) -> list[Path]:
+    "Write every chapter of `nbs` to `dest`, each code cell passed through `rewrite_cell(cell, directives, body)`."
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for path in chapters(nbs):
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
-            if cell.cell_type != "code": continue
-            cell.outputs, cell.execution_count = [], None
-            directives, _ = split_directives(cell.source)
-            if _false(directives, "eval"): cell.source = "# NBVAL_SKIP\n" + cell.source
-        nbformat.write(nb, dest / path.name)
-        written.append(dest / path.name)
-    return written
-
-
-def prepare_book(dest: Path, nbs: Path = NBS) -> list[Path]:
-    "Copies for Jupyter Book: directives become cell tags, `#|` lines are stripped, outputs are kept."
-    dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in chapters(nbs):
-        nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type != "code": continue
-            directives, body = split_directives(cell.source)
-            tags = set(cell.metadata.get("tags", []))
-            if "hide" in directives or "default_exp" in directives or _false(directives, "include"): tags.add("remove-cell")
-            if _false(directives, "echo"): tags.add("remove-input")
-            if _false(directives, "output"): tags.add("remove-output")
-            cell.source = body
-            if tags: cell.metadata["tags"] = sorted(tags)
+            if cell.cell_type == "code": rewrite_cell(cell, *split_directives(cell.source))
         nb.cells = [c for c in nb.cells if c.cell_type != "code" or c.source.strip() or c.outputs]
         nbformat.write(nb, dest / path.name)
         written.append(dest / path.name)
     return written
+
+
+def _for_nbval(cell, directives, body) -> None:
+    cell.outputs, cell.execution_count = [], None
+    if _false(directives, "eval"): cell.source = "# NBVAL_SKIP\n" + cell.source
+
+
+def _for_book(cell, directives, body) -> None:
+    tags = set(cell.metadata.get("tags", []))
+    if "hide" in directives or "default_exp" in directives or _false(directives, "include"): tags.add("remove-cell")
+    if _false(directives, "echo"): tags.add("remove-input")
+    if _false(directives, "output"): tags.add("remove-output")
+    cell.source = body
+    if tags: cell.metadata["tags"] = sorted(tags)
+
+
+def prepare_nbval(dest: Path, nbs: Path = NBS) -> list[Path]:
+    "Copies for nbval: outputs and execution counts cleared, `#| eval: false` cells marked `# NBVAL_SKIP`."
+    return _rewrite_copies(dest, nbs, _for_nbval)
+
+
+def prepare_book(dest: Path, nbs: Path = NBS) -> list[Path]:
+    "Copies for Jupyter Book: directives become cell tags, `#|` lines are stripped, outputs are kept."
+    return _rewrite_copies(dest, nbs, _for_book)
 
 
 def execute(paths: list[Path], timeout: int = 1800) -> None:
