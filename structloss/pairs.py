@@ -14,7 +14,7 @@ from .core import EmbeddingLoss, check_embeddings_labels, compute_dtype
 from .geometry import label_masks
 
 # %% auto #0
-__all__ = ['pair_distances', 'avg_non_zero', 'ContrastiveLoss', 'triplet_margin_sums', 'triplet_margin_totals',
+__all__ = ['pair_distances', 'avg_non_zero', 'ContrastiveLoss', 'tie_break_key', 'triplet_margin_sums', 'triplet_margin_totals',
            'TripletMarginLoss', 'first_two_per_class', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
@@ -78,44 +78,40 @@ class ContrastiveLoss(EmbeddingLoss):
         active = ((l_pos > 0) & pos) | ((l_neg > 0) & neg)
         return active.sum() / (pos | neg).sum().clamp_min(1)
 
+# %% ../nbs/11_pairs.ipynb #7419a701
+def tie_break_key(values: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+    "Integer keys that sort like the pairs `(values, flag)`: by value, and among equal values `flag` False first. `values` >= +0.0, float32 or float64."
+    if values.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"`values` must be float32 or float64; got {values.dtype}. Convert with `.float()` first.")
+    bits = values.view(torch.int32 if values.dtype == torch.float32 else torch.int64)   # ascends with values >= +0.0
+    return (bits << 1 | flag) ^ torch.iinfo(bits.dtype).min      # flag in the freed bit; top bit flipped: unsigned -> signed order
+
 # %% ../nbs/11_pairs.ipynb #63226a30
 def triplet_margin_sums(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Per positive pair `(a, p)`: sum over negatives of `relu(d_ap - d_an + margin)` and the count of non-zero terms, `[N, N]` each (eqs. 8-9), in O(N^2 log N)."
-    big = d.detach().max() + abs(margin) + 1                            # () sentinel above every value
-    v = torch.where(neg, d, torch.where(pos, d + margin, big))          # (N, N) v_aj: d_an or t_ap
-    sv, order = torch.sort(v, dim=1)                                     # (N, N) one sort per anchor
+    v = torch.where(pos, d + max(margin, 0.0), d + max(-margin, 0.0))   # (N, N) v_aj >= +0: t_ap at positives, d_an elsewhere
+    order = torch.sort(tie_break_key(v.detach(), neg), dim=1).indices   # (N, N) by value; positives before equal negatives
+    sv = v.gather(1, order)                                              # (N, N) each row sorted
     is_neg = neg.gather(1, order).to(sv.dtype)                           # (N, N) 1 at negatives, sorted order
     is_pos = pos.gather(1, order).to(sv.dtype)                           # (N, N) 1 at positives
-    position = torch.arange(sv.shape[1], device=d.device).expand_as(sv)
-    new_run = torch.ones_like(order, dtype=torch.bool); new_run[:, 1:] = sv[:, 1:] != sv[:, :-1]
-    start = torch.cummax(torch.where(new_run, position, 0), dim=1).values   # (N, N) first position of each run of ties
-    n_before = torch.cumsum(is_neg, 1) - is_neg                          # (N, N) negatives before each position
-    k = n_before.gather(1, start) * is_pos                               # (N, N) k_ap = #{n: d_an < t_ap}, strict
-    c = sv[:, :1].detach()                                               # (N, 1) c_a of eq. 9
-    w = (sv - c) * is_neg                                                # (N, N) centred negative values
-    S = (torch.cumsum(w, 1) - w).gather(1, start)                        # (N, N) S_a,k: their sum below t_ap
-    sums = k * (sv - c) - S * is_pos                                     # (N, N) eq. 8 at the positives
+    k = torch.cumsum(is_neg, 1) * is_pos                                 # (N, N) k_ap = #{n: d_an < t_ap}, strict
+    c = sv[:, sv.shape[1] // 2, None].detach()                           # (N, 1) c_a of eq. 9: the row's median
+    S = torch.cumsum((sv - c) * is_neg, 1)                               # (N, N) centred negatives below t_ap
+    sums = (k * (sv - c) - S) * is_pos                                   # (N, N) eq. 8 at the positives
     return torch.zeros_like(sums).scatter(1, order, sums), torch.zeros_like(order).scatter(1, order, k.long())
 
 # %% ../nbs/11_pairs.ipynb #227bd001
 def triplet_margin_totals(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Sum of `relu(d_ap - d_an + margin)` over all valid triplets and the number of non-zero ones (eq. 10), in O(N^2 log N)."
-    big = d.detach().max() + abs(margin) + 1                            # () sentinel above every value
-    v = torch.where(neg, d, torch.where(pos, d + margin, big))          # (N, N) v_aj: d_an or t_ap
-    sv, order = torch.sort(v, dim=1)                                     # (N, N) one sort per anchor
+    v = torch.where(pos, d + max(margin, 0.0), d + max(-margin, 0.0))   # (N, N) v_aj >= +0: t_ap at positives, d_an elsewhere
     with torch.no_grad():                                                # integer coefficients, no gradient
-        is_neg = neg.gather(1, order).to(sv.dtype)                       # (N, N) 1 at negatives, sorted order
-        is_pos = pos.gather(1, order).to(sv.dtype)                       # (N, N) 1 at positives
-        n = sv.shape[1]
-        position = torch.arange(n, device=d.device).expand_as(sv)
-        new_run = torch.ones_like(order, dtype=torch.bool); new_run[:, 1:] = sv[:, 1:] != sv[:, :-1]
-        start = torch.cummax(torch.where(new_run, position, 0), dim=1).values            # first position of the run
-        last = torch.ones_like(new_run); last[:, :-1] = new_run[:, 1:]
-        end = torch.cummin(torch.where(last, position, n - 1).flip(1), dim=1).values.flip(1)   # last position of the run
-        k = (torch.cumsum(is_neg, 1) - is_neg).gather(1, start) * is_pos                 # k_ap: negatives below t_ap
-        pos_upto = torch.cumsum(is_pos, 1)
-        q = (pos_upto[:, -1:] - pos_upto.gather(1, end)) * is_neg                       # q_an: positives above d_an
-        c = sv[:, :1]                                                                    # (N, 1) c_a of eq. 9
+        order = torch.sort(tie_break_key(v, neg), dim=1).indices         # (N, N) by value; positives before equal negatives
+        is_neg = neg.gather(1, order).to(v.dtype)                        # (N, N) 1 at negatives, sorted order
+        is_pos = pos.gather(1, order).to(v.dtype)                        # (N, N) 1 at positives
+        k = torch.cumsum(is_neg, 1) * is_pos                             # k_ap: negatives sorted before, all below t_ap
+        q = (is_pos.sum(1, keepdim=True) - torch.cumsum(is_pos, 1)) * is_neg   # q_an: positives sorted after, all above d_an
+    sv = v.gather(1, order)                                              # (N, N) each row sorted
+    c = sv[:, sv.shape[1] // 2, None].detach()                           # (N, 1) c_a of eq. 9: the row's median
     return ((sv - c) * (k - q)).sum(), k.sum()                           # eq. 10 numerator, count of eq. 6
 
 # %% ../nbs/11_pairs.ipynb #2efe8fe0

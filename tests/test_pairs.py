@@ -16,7 +16,8 @@ from pytorch_metric_learning.distances import DotProductSimilarity, LpDistance  
 
 from structloss.geometry import label_masks  # noqa: E402
 from structloss.pairs import (ContrastiveLoss, NPairsLoss, TripletMarginLoss, avg_non_zero,  # noqa: E402
-                              first_two_per_class, pair_distances, triplet_margin_sums)
+                              first_two_per_class, pair_distances, tie_break_key, triplet_margin_sums,
+                              triplet_margin_totals)
 
 
 # ---------------------------------------------------------------- batches
@@ -153,7 +154,7 @@ def test_triplet_ties_exactly_at_the_margin(margin):
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3), st.integers(0, 3)), min_size=1, max_size=12),
-       st.sampled_from([0.0, 1.0, 0.5, 2.0]))
+       st.sampled_from([0.0, 1.0, 0.5, 2.0, -0.5, -1.0]))
 def test_triplet_integer_grid_ties_match_pml(points, margin):
     # unnormalised integer points: many equal distances, and sqrt(4) + 1 == sqrt(9)-type ties at the margin
     x = torch.tensor([p[:2] for p in points], dtype=torch.float64)
@@ -165,6 +166,41 @@ def test_triplet_integer_grid_ties_match_pml(points, margin):
     assert torch.isfinite(v1) and torch.isfinite(g1).all()
     assert_close(v1, v2, atol=1e-12, rtol=1e-12)
     assert_close(g1, g2, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("margin", [0.0, 2.0, -math.sqrt(2), math.sqrt(2)])
+def test_triplet_float32_ties_are_strict(margin):
+    # float32 takes the int32-key path: ties d_an == t_ap (0 vs 0, sqrt(2) vs sqrt(2), 2 vs 0 + 2) count as inactive
+    x = torch.tensor([[1., 0, 0], [0, 1, 0], [-1, 0, 0], [0, 0, 1], [0, -1, 0], [1, 0, 0], [1, 0, 0]])
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0])
+    d = pair_distances(x)
+    pos, neg = label_masks(y)
+    valid = pos[:, :, None] & neg[:, None, :]
+    above = torch.where(pos, d + max(margin, 0.0), d)[:, :, None] > torch.where(neg, d + max(-margin, 0.0), d)[:, None, :]
+    total, count = triplet_margin_totals(d, pos, neg, margin)
+    assert count.item() == (above & valid).sum().item()
+    assert (((d[:, :, None] - d[:, None, :] + margin) == 0) & valid).any()      # the batch holds exact boundary ties
+    dd = d.double()
+    dense = F.relu(dd[:, :, None] - dd[:, None, :] + margin) * valid
+    assert_close(total.double(), dense.sum(), atol=1e-5, rtol=1e-6)
+    assert_same(TripletMarginLoss(margin), pml_losses.TripletMarginLoss(margin=margin), x, y, atol=1e-6, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([torch.float32, torch.float64]),
+       st.lists(st.sampled_from([0.0, 1e-42, 1e-30, 0.25, 1.0, 1.5, 2.0, 3.0, 1e30, float("inf")]), min_size=1, max_size=40),
+       st.randoms(use_true_random=False))
+def test_tie_break_key_sorts_lexicographically(dtype, values, rnd):
+    flags = [rnd.random() < 0.5 for _ in values]
+    keys = tie_break_key(torch.tensor(values, dtype=dtype) + 0.0, torch.tensor(flags))
+    expected = sorted(range(len(values)), key=lambda i: (values[i], flags[i]))
+    got = torch.sort(keys).indices.tolist()
+    assert [(values[i], flags[i]) for i in got] == [(values[i], flags[i]) for i in expected]
+
+
+def test_tie_break_key_rejects_half_precision():
+    with pytest.raises(TypeError, match="`values` must be float32 or float64"):
+        tie_break_key(torch.zeros(3, dtype=torch.bfloat16), torch.zeros(3, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("seed", range(3))
