@@ -59,7 +59,7 @@ NTXentLoss = InfoNCELoss  # pytorch-metric-learning's name for the same loss
 
 # %% ../nbs/12_contrastive.ipynb #e8b4bdec
 def flatten_views(embeddings, labels=None):
-    "`[N, d]` or `[N, V, d]` -> `([N*V, d], [N*V])`: views flattened sample by sample, labels repeated `V` times."
+    "`[N, V, d]` -> `([N*V, d], [N*V])`: views flattened sample by sample, labels repeated `V` times; `[N, d]` passes through."
     if not isinstance(embeddings, torch.Tensor): check_embeddings(embeddings)  # raises a clear TypeError
     if embeddings.ndim not in (2, 3):
         raise ValueError(f"`embeddings` must have shape [N, d] (one view) or [N, V, d] (V views of each sample); "
@@ -77,6 +77,7 @@ def flatten_views(embeddings, labels=None):
         raise ValueError(f"`labels` has {n * views} entries (one per view) but `embeddings` has {n} samples of "
                          f"{views} views; give one label per sample, shape [{n}].")
     check_labels(labels, n)
+    if embeddings.ndim == 2: return embeddings, labels
     return embeddings.reshape(n * views, embeddings.shape[-1]), labels.repeat_interleave(views)
 
 # %% ../nbs/12_contrastive.ipynb #0396ad03

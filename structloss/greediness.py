@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib, inspect, math, warnings
 import torch
 from .core import EmbeddingLoss
-from .objectives import _flatten_views
+from .contrastive import flatten_views
 
 # %% auto #0
 __all__ = ['LOSS_MODULES', 'embedding_gradient', 'loss_active_ratio', 'greediness_report', 'loss_decay', 'mean_reports',
@@ -27,7 +27,7 @@ def _parameters(model) -> list:
 def _loss_inputs(loss_fn, embeddings, labels):
     "Views as `Objective` hands them over: `[N, V, d]` to losses with `accepts_views`, else flattened."
     if embeddings.ndim == 3 and not getattr(loss_fn, "accepts_views", False):
-        return _flatten_views(embeddings, labels)
+        return flatten_views(embeddings, labels)
     return embeddings, labels
 
 def embedding_gradient(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor, model=None):

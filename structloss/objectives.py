@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from .core import check_labels, check_finite, compute_dtype
+from .contrastive import flatten_views
 
 # %% auto #0
 __all__ = ['RESERVED_NAMES', 'term_name', 'Objective', 'cross_entropy', 'ce_plus', 'loss_only', 'silhouette_objective',
@@ -52,12 +53,6 @@ def _check_views(embeddings, labels, views):
                          f"got shape {tuple(embeddings.shape)}. Stack the views with torch.stack(views, dim=1).")
     if V == 0: raise ValueError("`embeddings` has V = 0 views.")
     return embeddings.shape[0], V
-
-def _flatten_views(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "`[N, V, d]` -> `[N V, d]` (views of a sample adjacent) with labels repeated; `[N, d]` passes through."
-    N, V = _check_views(embeddings, labels, None)
-    if embeddings.ndim == 2: return embeddings, labels
-    return embeddings.reshape(N * V, embeddings.shape[-1]), labels.repeat_interleave(V)
 
 def _check_logits(logits, labels, n: int, V: int):
     "Validate `logits` [N, C] or [N, V, C] against `labels`; return them flattened to [N*, C] with labels repeated."
@@ -136,7 +131,7 @@ class Objective(torch.nn.Module):
     def forward(self, logits: torch.Tensor | None, embeddings: torch.Tensor, labels: torch.Tensor):
         "`(total, logs)`: eq. 1 or 2 on `logits` [N, C] or [N, V, C], `embeddings` [N, d] or [N, V, d], `labels` [N]."
         N, V = _check_views(embeddings, labels, self.views)
-        flat, flat_labels = _flatten_views(embeddings, labels)             # [N V, d], [N V]
+        flat, flat_labels = flatten_views(embeddings, labels)             # [N V, d], [N V]
         logs, total = {}, None
         w_ce = self.effective_ce_weight
         if logits is not None:

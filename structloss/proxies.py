@@ -66,6 +66,10 @@ class ClassVectorLoss(EmbeddingLoss):
         "The class vectors cast (differentiably) to the compute dtype of `embeddings`."
         return self.class_vectors().to(embeddings.dtype)
 
+    def cosines(self, embeddings):
+        "`cos(theta_ij)` between each embedding and each class vector, `[N, C]`."
+        return safe_normalize(embeddings) @ safe_normalize(self.vectors_like(embeddings)).T
+
 # %% ../nbs/13_proxies.ipynb #c8c79c48
 def target_mask(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
     "Boolean one-hot `[N, C]`: `[j == y_i]` (a comparison, so no device sync, unlike a checked `F.one_hot`)."
@@ -90,7 +94,7 @@ class ProxyNCALoss(ClassVectorLoss):
     def __init__(self,
                  num_classes: int,                # C: one proxy per class
                  embedding_size: int,             # d
-                 softmax_scale: float = 1.0,      # sigma in eq. 1 (PML's default)
+                 softmax_scale: float = 1.0,      # sigma in eq. 1; PML's default 1 keeps the logits in [-4, 0] (a flat softmax); the chapter trains with 8
                  exclude_positive: bool = False,  # True: the paper's denominator without the own proxy
                  seed: int | None = None,         # proxies ~ N(0, I) from this seed; None: global RNG
                  active_tol: float = 0.01,        # a sample is active when max_j |dl_i/da_ij| > active_tol
@@ -180,7 +184,7 @@ class ArcFaceLoss(ClassVectorLoss):
 
     def logits(self, embeddings, labels):
         "`a_ij` of eq. 5, `[N, C]`."
-        cos = safe_normalize(embeddings) @ safe_normalize(self.vectors_like(embeddings)).T   # (N, C)
+        cos = self.cosines(embeddings)                                                              # (N, C)
         target = target_mask(labels, self.num_classes)                                               # (N, C)
         return self.scale * torch.where(target, additive_angular_margin(cos, math.radians(self.margin)), cos)
 
@@ -217,7 +221,7 @@ class CenterContrastiveLoss(ClassVectorLoss):
 
     def terms(self, embeddings, labels):
         "Logits `a_ij` `[N, C]` (eq. 6) and the own-centre cosines `[N]`."
-        cos = safe_normalize(embeddings) @ safe_normalize(self.vectors_like(embeddings)).T   # (N, C)
+        cos = self.cosines(embeddings)                                                              # (N, C)
         target = target_mask(labels, self.num_classes)                                               # (N, C)
         own = cos.gather(1, labels[:, None]).squeeze(1)                                              # (N,)
         if self.margin_type == "cosine": with_margin = cos - self.margin
