@@ -14,8 +14,8 @@ from .core import EmbeddingLoss, check_embeddings_labels, compute_dtype
 from .geometry import label_masks
 
 # %% auto #0
-__all__ = ['pair_distances', 'avg_non_zero', 'ContrastiveLoss', 'tie_break_key', 'triplet_margin_sums', 'triplet_margin_totals',
-           'TripletMarginLoss', 'first_two_per_class', 'NPairsLoss']
+__all__ = ['pair_distances', 'avg_non_zero', 'ContrastiveLoss', 'tie_break_key', 'margin_sort_keys', 'triplet_margin_sums',
+           'triplet_margin_totals', 'TripletMarginLoss', 'first_two_per_class', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
 def pair_distances(embeddings: torch.Tensor,
@@ -86,11 +86,28 @@ def tie_break_key(values: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
     bits = values.view(torch.int32 if values.dtype == torch.float32 else torch.int64)   # ascends with values >= +0.0
     return (bits << 1 | flag) ^ torch.iinfo(bits.dtype).min      # flag in the freed bit; top bit flipped: unsigned -> signed order
 
+# %% ../nbs/11_pairs.ipynb #b38447a1
+def margin_sort_keys(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    "Rows `v` `[N, N]` (`d + m+` at positives, `d + m-` at negatives, `d` elsewhere) and integer keys ordering each row as the exact sums would, positives before equal negatives."
+    m = torch.tensor(margin, dtype=d.dtype).item()                       # m as d's dtype holds it (a host number: no sync)
+    if m == 0: return d, tie_break_key(d.detach(), neg)
+    shifted = pos if m > 0 else neg                                      # where |m| is added: t_ap = d_ap + m, or d_an + |m|
+    s = d + abs(m)                                                       # (N, N) fl(d + |m|)
+    v = torch.where(shifted, s, d)                                       # (N, N) v_aj >= 0
+    with torch.no_grad():
+        s, d = s.detach(), d.detach()
+        b = s - d
+        e = (s - b).neg_().add_(d)                                       # d - (s - b)
+        e += b.neg_().add_(abs(m))                                       # + (|m| - b): TwoSum, e = (d + |m|) - s exactly
+        moved = shifted & (e > 0 if m > 0 else e < 0)                    # exact sum beyond a tie: one float up (m > 0) or down
+        keys = tie_break_key(v.detach(), neg).add_(moved, alpha=2 if m > 0 else -2)   # next float: bit pattern +-1, key +-2
+    return v, keys
+
 # %% ../nbs/11_pairs.ipynb #63226a30
 def triplet_margin_sums(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Per positive pair `(a, p)`: sum over negatives of `relu(d_ap - d_an + margin)` and the count of non-zero terms, `[N, N]` each (eqs. 8-9), in O(N^2 log N)."
-    v = torch.where(pos, d + max(margin, 0.0), d + max(-margin, 0.0))   # (N, N) v_aj >= +0: t_ap at positives, d_an elsewhere
-    order = torch.sort(tie_break_key(v.detach(), neg), dim=1).indices   # (N, N) by value; positives before equal negatives
+    v, keys = margin_sort_keys(d, pos, neg, margin)                      # (N, N) each: t_ap at positives, d_an elsewhere
+    order = torch.sort(keys, dim=1).indices                              # (N, N) exact order; positives before equal negatives
     sv = v.gather(1, order)                                              # (N, N) each row sorted
     is_neg = neg.gather(1, order).to(sv.dtype)                           # (N, N) 1 at negatives, sorted order
     is_pos = pos.gather(1, order).to(sv.dtype)                           # (N, N) 1 at positives
@@ -103,16 +120,18 @@ def triplet_margin_sums(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, m
 # %% ../nbs/11_pairs.ipynb #227bd001
 def triplet_margin_totals(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Sum of `relu(d_ap - d_an + margin)` over all valid triplets and the number of non-zero ones (eq. 10), in O(N^2 log N)."
-    v = torch.where(pos, d + max(margin, 0.0), d + max(-margin, 0.0))   # (N, N) v_aj >= +0: t_ap at positives, d_an elsewhere
+    v, keys = margin_sort_keys(d, pos, neg, margin)                      # (N, N) each: t_ap at positives, d_an elsewhere
     with torch.no_grad():                                                # integer coefficients, no gradient
-        order = torch.sort(tie_break_key(v, neg), dim=1).indices         # (N, N) by value; positives before equal negatives
+        order = torch.sort(keys, dim=1).indices                          # (N, N) exact order; positives before equal negatives
         is_neg = neg.gather(1, order).to(v.dtype)                        # (N, N) 1 at negatives, sorted order
         is_pos = pos.gather(1, order).to(v.dtype)                        # (N, N) 1 at positives
-        k = torch.cumsum(is_neg, 1) * is_pos                             # k_ap: negatives sorted before, all below t_ap
-        q = (is_pos.sum(1, keepdim=True) - torch.cumsum(is_pos, 1)) * is_neg   # q_an: positives sorted after, all above d_an
+        k = torch.cumsum(is_neg, 1).mul_(is_pos)                         # k_ap: negatives sorted before, all below t_ap
+        count = k.sum()                                                  # denominator of eq. 6
+        q = torch.cumsum(is_pos, 1).neg_().add_(is_pos.sum(1, keepdim=True)).mul_(is_neg)   # q_an: positives sorted after
+        w = k.sub_(q)                                                    # (N, N) coefficients k_ap - q_an of eq. 10
     sv = v.gather(1, order)                                              # (N, N) each row sorted
     c = sv[:, sv.shape[1] // 2, None].detach()                           # (N, 1) c_a of eq. 9: the row's median
-    return ((sv - c) * (k - q)).sum(), k.sum()                           # eq. 10 numerator, count of eq. 6
+    return ((sv - c) * w).sum(), count                                   # eq. 10 numerator, count of eq. 6
 
 # %% ../nbs/11_pairs.ipynb #2efe8fe0
 class TripletMarginLoss(EmbeddingLoss):

@@ -168,22 +168,45 @@ def test_triplet_integer_grid_ties_match_pml(points, margin):
     assert_close(g1, g2, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("margin", [0.0, 2.0, -math.sqrt(2), math.sqrt(2)])
+def exact_triplet_count(d, pos, neg, margin):
+    "Triplets with d_ap + m > d_an for the stored float32 numbers, decided exactly (float64 holds their sums)."
+    assert d.dtype == torch.float32
+    d64, m64 = d.double(), float(torch.tensor(margin, dtype=torch.float32))
+    return (((d64[:, :, None] + m64) > d64[:, None, :]) & pos[:, :, None] & neg[:, None, :]).sum().item()
+
+
+@pytest.mark.parametrize("margin", [0.0, 2.0, -math.sqrt(2), math.sqrt(2), 1e-8, -1e-8])
 def test_triplet_float32_ties_are_strict(margin):
-    # float32 takes the int32-key path: ties d_an == t_ap (0 vs 0, sqrt(2) vs sqrt(2), 2 vs 0 + 2) count as inactive
+    # float32 takes the int32-key path: ties d_an == t_ap (0 vs 0, sqrt(2) vs sqrt(2), 2 vs 0 + 2) count as inactive,
+    # and with m = 1e-8, fl(d_ap + m) == d_ap although the exact threshold lies above d_an = d_ap
     x = torch.tensor([[1., 0, 0], [0, 1, 0], [-1, 0, 0], [0, 0, 1], [0, -1, 0], [1, 0, 0], [1, 0, 0]])
     y = torch.tensor([0, 0, 1, 1, 2, 2, 0])
     d = pair_distances(x)
     pos, neg = label_masks(y)
     valid = pos[:, :, None] & neg[:, None, :]
-    above = torch.where(pos, d + max(margin, 0.0), d)[:, :, None] > torch.where(neg, d + max(-margin, 0.0), d)[:, None, :]
     total, count = triplet_margin_totals(d, pos, neg, margin)
-    assert count.item() == (above & valid).sum().item()
-    assert (((d[:, :, None] - d[:, None, :] + margin) == 0) & valid).any()      # the batch holds exact boundary ties
+    assert count.item() == exact_triplet_count(d, pos, neg, margin)
+    assert (((d[:, :, None] - d[:, None, :] + margin) == 0) & valid).any() or abs(margin) == 1e-8
     dd = d.double()
     dense = F.relu(dd[:, :, None] - dd[:, None, :] + margin) * valid
     assert_close(total.double(), dense.sum(), atol=1e-5, rtol=1e-6)
     assert_same(TripletMarginLoss(margin), pml_losses.TripletMarginLoss(margin=margin), x, y, atol=1e-6, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3), st.integers(0, 3)), min_size=2, max_size=14),
+       st.sampled_from([math.sqrt(2), -math.sqrt(2), 1.0, -0.5, 0.05, 1e-8, -1e-8]))
+def test_triplet_float32_near_ties_count_exactly_and_match_pml(points, margin):
+    # unnormalised integer points in float32: sqrt(8) + sqrt(2) vs sqrt(18)-type near-ties that rounding can hide
+    x = torch.tensor([p[:2] for p in points], dtype=torch.float32)
+    y = torch.tensor([p[2] for p in points])
+    d = pair_distances(x, normalize_embeddings=False)
+    pos, neg = label_masks(y)
+    _, count = triplet_margin_totals(d, pos, neg, margin)
+    assert count.item() == exact_triplet_count(d, pos, neg, margin)
+    ours = TripletMarginLoss(margin, normalize_embeddings=False)
+    theirs = pml_losses.TripletMarginLoss(margin=margin, distance=LpDistance(normalize_embeddings=False))
+    assert_same(ours, theirs, x, y, atol=1e-6, rtol=1e-5)
 
 
 @settings(max_examples=60, deadline=None)
