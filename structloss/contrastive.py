@@ -9,7 +9,7 @@ Docs: https://structloss.github.io/structloss/contrastive.html.md"""
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-from .core import EmbeddingLoss, check_embeddings, check_embeddings_labels, check_labels, compute_dtype
+from .core import EmbeddingLoss, check_embeddings, check_embeddings_labels, check_labels, check_number, compute_dtype
 from .geometry import label_masks, safe_normalize
 
 # %% auto #0
@@ -33,8 +33,8 @@ class InfoNCELoss(EmbeddingLoss):
                  active_tol: float = 0.01,  # a positive pair is active when 1 - exp(-l_ip) > active_tol
                 ):
         super().__init__()
-        if temperature <= 0: raise ValueError(f"`temperature` must be > 0; got {temperature}.")
-        self.temperature, self.active_tol = temperature, active_tol
+        self.temperature = check_number("temperature", temperature, positive=True)
+        self.active_tol = check_number("active_tol", active_tol, minimum=0)
 
     def pair_losses(self, embeddings, labels):
         "`l_ip` for every ordered pair, `[N, N]` (eq. 3), and the positive-pair mask `P`."
@@ -91,8 +91,8 @@ class SupConLoss(EmbeddingLoss):
                  active_tol: float = 0.01,        # an anchor is active when max |dl_i/ds_ia| > active_tol
                 ):
         super().__init__()
-        if temperature <= 0: raise ValueError(f"`temperature` must be > 0; got {temperature}.")
-        self.temperature, self.require_negatives, self.active_tol = temperature, require_negatives, active_tol
+        self.temperature = check_number("temperature", temperature, positive=True)
+        self.require_negatives, self.active_tol = require_negatives, check_number("active_tol", active_tol, minimum=0)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         "Eq. 4 on `embeddings` `[N, d]` or `[N, V, d]` with `labels` `[N]` (`None`: each sample its own class)."

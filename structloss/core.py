@@ -7,14 +7,14 @@ Docs: https://structloss.github.io/structloss/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #8a6eb79b
 from __future__ import annotations
-import os, platform, random
+import math, numbers, os, platform, random
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['PROFILES', 'PROFILE_ENV', 'CHECK_FINITE_ON_DEVICE', 'get_profile', 'is_smoke', 'by_profile', 'get_device',
            'seed_everything', 'environment_report', 'print_environment', 'check_embeddings', 'check_finite',
-           'check_labels', 'check_embeddings_labels', 'compute_dtype', 'EmbeddingLoss']
+           'check_labels', 'check_number', 'check_embeddings_labels', 'compute_dtype', 'EmbeddingLoss']
 
 # %% ../nbs/00_core.ipynb #778fbe54
 PROFILES = ("smoke", "cpu", "colab")
@@ -95,8 +95,8 @@ def check_finite(x: torch.Tensor, name: str) -> None:
                          f"(learning rate, mixed-precision overflow) before computing the loss.")
 
 # %% ../nbs/00_core.ipynb #1a80ad85
-def check_labels(labels, n: int, name: str = "labels") -> None:
-    "Raise a clear error unless `labels` is an integer tensor of shape `[n]`."
+def check_labels(labels, n: int | None = None, name: str = "labels") -> None:
+    "Raise a clear error unless `labels` is an integer tensor of shape `[n]` (any `[N]` when `n` is None)."
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor of integer class ids; got {type(labels).__name__}. "
                         f"Use torch.as_tensor({name}).")
@@ -105,9 +105,21 @@ def check_labels(labels, n: int, name: str = "labels") -> None:
     if labels.ndim != 1:
         raise ValueError(f"`{name}` must have shape [N]; got shape {tuple(labels.shape)}. "
                          f"For one-hot labels use `{name}.argmax(1)`; for [N, 1] use `{name}.view(-1)`.")
-    if labels.shape[0] != n:
+    if n is not None and labels.shape[0] != n:
         raise ValueError(f"`{name}` has {labels.shape[0]} entries but the embeddings have {n} rows; "
                          f"each embedding needs exactly one label.")
+
+def check_number(name: str, value, minimum: float | None = None, positive: bool = False) -> float:
+    "`value` as a float; a clear error unless it is a finite real number (>= `minimum`, or > 0 with `positive`)."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite; got {value}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    if positive and value <= 0:
+        raise ValueError(f"`{name}` must be > 0; got {value}.")
+    return float(value)
 
 def check_embeddings_labels(embeddings, labels, min_samples: int = 1) -> None:
     "Both checks at once, plus: `labels` live on the same device as `embeddings`."
@@ -127,11 +139,16 @@ class EmbeddingLoss(torch.nn.Module):
     "Base class of losses called as `loss(embeddings, labels)`: checks, float32 compute, input dtype out."
     min_samples: int = 1  # the smallest batch the loss accepts
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_embeddings_labels(embeddings, labels, self.min_samples)
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        "Check the inputs, compute in float32 (float64 stays float64) with autocast off, return the input dtype; extra arguments go to both."
+        self.check_inputs(embeddings, labels, *args, **kwargs)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            loss = self.compute(embeddings.to(compute_dtype(embeddings)), labels)
+            loss = self.compute(embeddings.to(compute_dtype(embeddings)), labels, *args, **kwargs)
         return loss.to(embeddings.dtype)
+
+    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs) -> None:
+        "Clear errors on bad input; a loss with more to check (parameters, extra arguments) extends this."
+        check_embeddings_labels(embeddings, labels, self.min_samples)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         "The loss on checked inputs (`embeddings` already in float32 or float64)."

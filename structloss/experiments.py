@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, asdict
 import numpy as np
 import torch
 from .core import PROFILES, get_profile, seed_everything, environment_report
-from .data import load_dataset, DataSplits
+from .data import TORCHVISION_DATASETS, load_dataset, DataSplits
 from .models import build_model
-from .train import TrainConfig, train, evaluate, embed, save_history
+from .train import TrainConfig, train, evaluate, embed
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'Experiment', 'register_experiment', 'get_experiment', 'resolve_loss', 'build_objective',
@@ -195,7 +195,7 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
     if encoder is None: raise ValueError(f"Experiment {exp.name!r}: `model` needs an 'encoder'.")
     with_classifier = model_spec.pop("classifier", True)
     dkw = dict(exp.dataset_kwargs)
-    if download and exp.dataset not in ("digits", "mnist1d", "fake"): dkw["download"] = True
+    if download and exp.dataset in TORCHVISION_DATASETS: dkw["download"] = True
     data = load_dataset(exp.dataset, seed=exp.split_seed, **dkw)
     run_dir = os.path.join(out_dir, exp.name, profile) if out_dir else None
     metrics, histories, emb, lab = [], [], None, None
@@ -227,7 +227,7 @@ def save_result(result: ExperimentResult, figures: bool = True, tsne: bool = Fal
         w = csv.writer(f); w.writerow(["metric", "mean", "std", "n"])
         for k, (m, s, n) in result.summary.items(): w.writerow([k, m, s, n])
     if not figures: return
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     fig = plot_history(result.histories, title=result.experiment.name); fig.savefig(os.path.join(d, "curves.png"), dpi=120); plt.close(fig)
     for method in ("pca",) + (("tsne",) if tsne else ()):
         fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -269,7 +269,7 @@ def plot_embeddings(embeddings, labels, method: str = "pca", ax=None, title: str
     xy = project_2d(embeddings, method, seed)
     labels = np.asarray(labels)
     ax = ax or plt.subplots(figsize=(4.5, 4))[1]
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20", s=6)
+    ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20", s=6)
     for c in np.unique(labels):
         cx, cy = np.median(xy[labels == c], 0)
         ax.text(cx, cy, str(c), fontsize=10, weight="bold", ha="center", va="center")

@@ -8,7 +8,6 @@ Docs: https://structloss.github.io/structloss/geometry.html.md"""
 # %% ../nbs/01_geometry.ipynb #cde8d7c0
 from __future__ import annotations
 import torch
-import torch.nn.functional as F
 from .core import check_embeddings, check_labels, compute_dtype
 
 # %% auto #0
@@ -45,7 +44,8 @@ def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Te
 
 def squared_euclidean_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     "`||x_i - y_j||^2` for all pairs, `[N, M]`, clamped at 0 against rounding."
-    y = x if y is None else y
+    shift = x.mean(0, keepdim=True).round()           # distances ignore a common shift; an integer one keeps ties exact
+    x, y = x - shift, (x if y is None else y) - shift
     x_sq, y_sq = (x * x).sum(1), (y * y).sum(1)
     return (x_sq[:, None] + y_sq[None, :] - 2 * x @ y.T).clamp_min(0)
 
@@ -72,7 +72,7 @@ def pairwise_distances(x: torch.Tensor, y: torch.Tensor | None = None, metric: s
 # %% ../nbs/01_geometry.ipynb #beedc8db
 def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Boolean `[N, N]` masks of positive pairs (same label, i != j) and negative pairs (eq. 2)."
-    check_labels(labels, labels.shape[0] if isinstance(labels, torch.Tensor) and labels.ndim == 1 else -1)
+    check_labels(labels)
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     return same & ~eye, ~same
@@ -80,7 +80,7 @@ def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # %% ../nbs/01_geometry.ipynb #62501767
 def class_index(labels: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, int]:
     "Compact class ids in `[0, C)` for `labels`, and `C`; with `num_classes`, labels are used as ids directly."
-    check_labels(labels, labels.shape[0] if isinstance(labels, torch.Tensor) and labels.ndim == 1 else -1)
+    check_labels(labels)
     if num_classes is None:
         classes, ids = torch.unique(labels, return_inverse=True)
         return ids, len(classes)

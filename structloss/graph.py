@@ -9,7 +9,7 @@ Docs: https://structloss.github.io/structloss/graph.html.md"""
 from __future__ import annotations
 import math
 import torch
-from .core import EmbeddingLoss, check_embeddings_labels, compute_dtype
+from .core import EmbeddingLoss, check_embeddings_labels, check_number, compute_dtype
 from .geometry import squared_euclidean_distances, safe_sqrt
 
 # %% auto #0
@@ -51,10 +51,10 @@ class GraphSmoothnessLoss(EmbeddingLoss):
         super().__init__()
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"`k` must be a positive int or None (all N - 1 other samples); got {k!r}.")
-        if not (math.isfinite(alpha) and alpha > 0): raise ValueError(f"`alpha` must be a finite number > 0; got {alpha}.")
+        alpha, active_tol = check_number("alpha", alpha, positive=True), check_number("active_tol", active_tol, minimum=0)
         if symmetrize not in SYMMETRIZATIONS:
             raise ValueError(f"`symmetrize` must be one of {SYMMETRIZATIONS}; got {symmetrize!r}.")
-        self.k, self.alpha, self.squared, self.symmetrize, self.active_tol = k, float(alpha), squared, symmetrize, active_tol
+        self.k, self.alpha, self.squared, self.symmetrize, self.active_tol = k, alpha, squared, symmetrize, active_tol
 
     def _k(self, N: int) -> int:
         if self.k is None: return N - 1

@@ -10,8 +10,9 @@ Docs: https://structloss.github.io/structloss/magnet.html.md"""
 from __future__ import annotations
 import math
 import torch
-from .core import EmbeddingLoss, check_embeddings_labels, check_labels, compute_dtype
+from .core import EmbeddingLoss, check_labels, check_number, compute_dtype
 from .geometry import class_index, class_counts, class_means, squared_euclidean_distances
+from .contrastive import masked_logsumexp
 
 # %% auto #0
 __all__ = ['SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluster_labels', 'other_class_clusters', 'ClusterLoss', 'MagnetLoss',
@@ -47,12 +48,10 @@ class ClusterLoss(EmbeddingLoss):
     min_samples: int = 2   # eq. 1 divides by N - 1
     hinge: bool = True     # apply {.}_+ to each sample's term
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, cluster_labels: torch.Tensor | None = None) -> torch.Tensor:
-        check_embeddings_labels(embeddings, labels, self.min_samples)
+    def check_inputs(self, embeddings, labels, cluster_labels: torch.Tensor | None = None) -> None:
+        "The checks of every `EmbeddingLoss`, plus `cluster_labels` (if given): one integer id per sample, each cluster within one class."
+        super().check_inputs(embeddings, labels)
         if cluster_labels is not None: check_cluster_labels(cluster_labels, labels)
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            loss = self.compute(embeddings.to(compute_dtype(embeddings)), labels, cluster_labels)
-        return loss.to(embeddings.dtype)
 
     def hinge_arguments(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
         "`[N]` per-sample terms t_n before the hinge (eq. 3); -inf where a sample has no other-class cluster."
@@ -65,8 +64,7 @@ class ClusterLoss(EmbeddingLoss):
 
     def active_ratio(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
         "Fraction of samples whose hinge argument t_n is positive."
-        check_embeddings_labels(embeddings, labels, self.min_samples)
-        if cluster_labels is not None: check_cluster_labels(cluster_labels, labels)
+        self.check_inputs(embeddings, labels, cluster_labels)
         with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
             t = self.hinge_arguments(embeddings.to(compute_dtype(embeddings)), labels, cluster_labels)
         return (t > 0).float().mean()
@@ -79,9 +77,7 @@ class MagnetLoss(ClusterLoss):
                  eps: float = 1e-12,  # floor on σ² (not in the paper; only when every sample sits on its mean)
                 ):
         super().__init__()
-        if not math.isfinite(alpha): raise ValueError(f"`alpha` must be a finite number; got {alpha}.")
-        if not eps > 0: raise ValueError(f"`eps` must be > 0; got {eps}.")
-        self.alpha, self.eps = float(alpha), float(eps)
+        self.alpha, self.eps = check_number("alpha", alpha), check_number("eps", eps, positive=True)
 
     def hinge_arguments(self, embeddings, labels, cluster_labels=None):
         r = embeddings                                                            # (N, d)
@@ -91,8 +87,7 @@ class MagnetLoss(ClusterLoss):
         sigma2 = (d_own.sum() / (len(r) - 1)).clamp_min(self.eps)                 # ()   eq. 1
         D = squared_euclidean_distances(r, mu)                                    # (N, K) ||r_n - mu_k||^2
         neg = other_class_clusters(labels, ids, K)                                # (N, K) C(mu_k) != C(r_n)
-        logits = (-D / (2 * sigma2)).masked_fill(~neg, torch.finfo(r.dtype).min)  # (N, K) masked: exp(.) = 0
-        t = d_own / (2 * sigma2) + self.alpha + torch.logsumexp(logits, dim=1)     # (N,)   eq. 3
+        t = d_own / (2 * sigma2) + self.alpha + masked_logsumexp(-D / (2 * sigma2), neg)   # (N,) eq. 3
         return torch.where(neg.any(1), t, torch.full_like(t, -math.inf))          # no other class: -log(num/0) = -inf
 
 # %% ../nbs/14_magnet.ipynb #7f19f0cc
@@ -140,9 +135,7 @@ class LatentBoostLoss(ClusterLoss):
                 ):
         super().__init__()
         if not 0 < threshold <= 1: raise ValueError(f"`threshold` (T) must lie in (0, 1]; got {threshold}.")
-        if not eps > 0: raise ValueError(f"`eps` must be > 0; got {eps}.")
-        if not beta0 > 0: raise ValueError(f"`beta0` must be > 0; got {beta0}.")
-        if not math.isfinite(alpha0): raise ValueError(f"`alpha0` must be a finite number; got {alpha0}.")
+        check_number("eps", eps, positive=True); check_number("beta0", beta0, positive=True); check_number("alpha0", alpha0)
         if singleton_variance not in SINGLETON_VARIANCES:
             raise ValueError(f"`singleton_variance` must be one of {SINGLETON_VARIANCES}; got {singleton_variance!r}.")
         if beta_placement not in BETA_PLACEMENTS:
@@ -184,8 +177,8 @@ class LatentBoostLoss(ClusterLoss):
         ell = -squared_euclidean_distances(r, mu) / (2 * sigma2[None, :])             # (N, K)  exponents
         neg = other_class_clusters(labels, ids, K)                                    # (N, K)
         if self.beta_placement == "exponent":
-            log_sum = torch.logsumexp((beta * ell).masked_fill(~neg, torch.finfo(r.dtype).min), dim=1)
+            log_sum = masked_logsumexp(beta * ell, neg)
         else:
-            log_sum = math.log(beta) + torch.logsumexp(ell.masked_fill(~neg, torch.finfo(r.dtype).min), dim=1)
+            log_sum = math.log(beta) + masked_logsumexp(ell, neg)
         log_den = torch.logaddexp(log_sum, torch.full_like(log_sum, math.log(self.eps)))  # log(sum + eps)
         return d_own / (2 * sigma2[ids]) + alpha + log_den                           # (N,)    eq. 11

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from .core import check_embeddings_labels, compute_dtype
-from .geometry import check_metric, class_counts, class_index, class_means, class_sums, pairwise_distances, safe_normalize
+from .geometry import check_metric, class_counts, class_index, class_means, class_sums, euclidean_distances, pairwise_distances, safe_normalize
 
 # %% auto #0
 __all__ = ['as_tensors', 'class_distance_sums', 'silhouette_parts', 'silhouette_samples', 'silhouette_score',
@@ -36,20 +36,19 @@ def class_distance_sums(z: torch.Tensor, ids: torch.Tensor, num_classes: int, me
         S = class_sums(z_hat, ids, num_classes)                    # (C, d)
         n = class_counts(ids, num_classes, dtype=z.dtype)          # (C,)
         T = n[None, :] - z_hat @ S.T                               # eq. 3, (N, C)
-        self_term = 1 - (z_hat * z_hat).sum(1)                     # d(i, i) as eq. 3 counts it
+        own = F.one_hot(ids, num_classes).to(z.dtype)              # (N, C)
+        T = T - own * (1 - (z_hat * z_hat).sum(1))[:, None]        # minus d(i, i) as eq. 3 counts it (1 for a zero vector)
     elif metric == "sqeuclidean":
         z = z - z.mean(0, keepdim=True)                            # shift-invariant; avoids cancellation
         sq = (z * z).sum(1)                                        # (N,)
         S, Q = class_sums(z, ids, num_classes), class_sums(sq[:, None], ids, num_classes)[:, 0]
         n = class_counts(ids, num_classes, dtype=z.dtype)
-        T = n[None, :] * sq[:, None] - 2 * z @ S.T + Q[None, :]    # eq. 4, (N, C)
-        self_term = sq - 2 * sq + sq
-    own = F.one_hot(ids, num_classes).to(z.dtype)                  # (N, C)
-    if metric == "euclidean":
-        T = torch.cat([pairwise_distances(z[start:start + block_size], z, metric) @ own   # (B, N) @ (N, C)
+        T = n[None, :] * sq[:, None] - 2 * z @ S.T + Q[None, :]    # eq. 4, (N, C); d(i, i) = 0 adds nothing
+    else:                                                          # euclidean: d(i, i) = 0 adds nothing either
+        own = F.one_hot(ids, num_classes).to(z.dtype)              # (N, C)
+        T = torch.cat([euclidean_distances(z[start:start + block_size], z) @ own   # (B, N) @ (N, C)
                        for start in range(0, len(z), block_size)])  # a loop over row blocks, not samples
-        self_term = torch.zeros(len(z), dtype=z.dtype, device=z.device)
-    return (T - own * self_term[:, None]).clamp_min(0)
+    return T.clamp_min(0)
 
 # %% ../nbs/02_metrics.ipynb #607aca70
 def silhouette_parts(z: torch.Tensor, labels: torch.Tensor, metric: str = "cosine", num_classes: int | None = None):
@@ -95,7 +94,7 @@ def intra_class_variance(embeddings: torch.Tensor, labels: torch.Tensor) -> torc
     ids, C = class_index(labels)
     mu = class_means(z, ids, C)                                   # (C, d)
     sq = ((z - mu[ids]) ** 2).sum(1)                              # (N,)
-    per_class = class_sums(sq[:, None], ids, C)[:, 0] / class_counts(ids, C, dtype=z.dtype)
+    per_class = class_means(sq[:, None], ids, C)[:, 0]           # (C,) every class is present
     return per_class.mean().to(embeddings.dtype)
 
 def inter_class_separation(embeddings: torch.Tensor, labels: torch.Tensor) -> dict:

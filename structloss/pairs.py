@@ -7,15 +7,14 @@ Docs: https://structloss.github.io/structloss/pairs.html.md"""
 
 # %% ../nbs/11_pairs.ipynb #e20bd597
 from __future__ import annotations
-import math, numbers
 import torch
 import torch.nn.functional as F
-from .core import EmbeddingLoss, check_embeddings_labels, compute_dtype
+from .core import EmbeddingLoss, check_embeddings_labels, check_number, compute_dtype
 from .geometry import label_masks
 
 # %% auto #0
-__all__ = ['pair_distances', 'avg_non_zero', 'ContrastiveLoss', 'tie_break_key', 'margin_sort_keys', 'triplet_margin_sums',
-           'triplet_margin_totals', 'TripletMarginLoss', 'first_two_per_class', 'NPairsLoss']
+__all__ = ['pair_distances', 'avg_non_zero', 'ContrastiveLoss', 'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows',
+           'triplet_margin_sums', 'triplet_margin_totals', 'TripletMarginLoss', 'first_two_per_class', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
 def pair_distances(embeddings: torch.Tensor,
@@ -33,17 +32,6 @@ def avg_non_zero(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     losses = torch.where(mask, losses, torch.zeros_like(losses))
     return losses.sum() / (losses > 0).sum().clamp_min(1).to(losses.dtype)
 
-# %% ../nbs/11_pairs.ipynb #7a5abb05
-def _check_number(name: str, value, minimum: float | None = None) -> float:
-    "`value` as a float; a clear error unless it is a finite real number (>= `minimum` when given)."
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}.")
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite; got {value}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-    return float(value)
-
 # %% ../nbs/11_pairs.ipynb #8c071fa8
 class ContrastiveLoss(EmbeddingLoss):
     "Contrastive loss of Hadsell et al. (2006) in PML's form: un-squared hinges, each side averaged over its non-zero pairs (eqs. 3-4)."
@@ -54,7 +42,7 @@ class ContrastiveLoss(EmbeddingLoss):
                  exact_distances: bool = False,      # `exact` of `pair_distances`: True gives exact 0 for equal embeddings
                 ):
         super().__init__()
-        self.pos_margin, self.neg_margin = _check_number("pos_margin", pos_margin), _check_number("neg_margin", neg_margin)
+        self.pos_margin, self.neg_margin = check_number("pos_margin", pos_margin), check_number("neg_margin", neg_margin)
         self.normalize_embeddings, self.exact_distances = normalize_embeddings, exact_distances
 
     def pair_losses(self, embeddings, labels):
@@ -104,14 +92,20 @@ def margin_sort_keys(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, marg
     return v, keys
 
 # %% ../nbs/11_pairs.ipynb #63226a30
+def sorted_triplet_rows(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float):
+    "One sort per row: `v` (differentiable), the sort `order`, 0/1 indicators of positives and negatives in sorted order, and `k` (negatives sorted before each positive), `[N, N]` each."
+    v, keys = margin_sort_keys(d, pos, neg, margin)                      # (N, N) each: t_ap at positives, d_an elsewhere
+    with torch.no_grad():                                                # integer coefficients, no gradient
+        order = torch.sort(keys, dim=1).indices                          # (N, N) exact order; positives before equal negatives
+        is_pos = pos.gather(1, order).to(v.dtype)                        # (N, N) 1 at positives, sorted order
+        is_neg = neg.gather(1, order).to(v.dtype)                        # (N, N) 1 at negatives
+        k = torch.cumsum(is_neg, 1).mul_(is_pos)                         # (N, N) k_ap = #{n: d_an < t_ap}, strict
+    return v, order, is_pos, is_neg, k
+
 def triplet_margin_sums(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Per positive pair `(a, p)`: sum over negatives of `relu(d_ap - d_an + margin)` and the count of non-zero terms, `[N, N]` each (eqs. 8-9), in O(N^2 log N)."
-    v, keys = margin_sort_keys(d, pos, neg, margin)                      # (N, N) each: t_ap at positives, d_an elsewhere
-    order = torch.sort(keys, dim=1).indices                              # (N, N) exact order; positives before equal negatives
+    v, order, is_pos, is_neg, k = sorted_triplet_rows(d, pos, neg, margin)
     sv = v.gather(1, order)                                              # (N, N) each row sorted
-    is_neg = neg.gather(1, order).to(sv.dtype)                           # (N, N) 1 at negatives, sorted order
-    is_pos = pos.gather(1, order).to(sv.dtype)                           # (N, N) 1 at positives
-    k = torch.cumsum(is_neg, 1) * is_pos                                 # (N, N) k_ap = #{n: d_an < t_ap}, strict
     c = sv[:, sv.shape[1] // 2, None].detach()                           # (N, 1) c_a of eq. 9: the row's median
     S = torch.cumsum((sv - c) * is_neg, 1)                               # (N, N) centred negatives below t_ap
     sums = (k * (sv - c) - S) * is_pos                                   # (N, N) eq. 8 at the positives
@@ -120,12 +114,8 @@ def triplet_margin_sums(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, m
 # %% ../nbs/11_pairs.ipynb #227bd001
 def triplet_margin_totals(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Sum of `relu(d_ap - d_an + margin)` over all valid triplets and the number of non-zero ones (eq. 10), in O(N^2 log N)."
-    v, keys = margin_sort_keys(d, pos, neg, margin)                      # (N, N) each: t_ap at positives, d_an elsewhere
-    with torch.no_grad():                                                # integer coefficients, no gradient
-        order = torch.sort(keys, dim=1).indices                          # (N, N) exact order; positives before equal negatives
-        is_neg = neg.gather(1, order).to(v.dtype)                        # (N, N) 1 at negatives, sorted order
-        is_pos = pos.gather(1, order).to(v.dtype)                        # (N, N) 1 at positives
-        k = torch.cumsum(is_neg, 1).mul_(is_pos)                         # k_ap: negatives sorted before, all below t_ap
+    v, order, is_pos, is_neg, k = sorted_triplet_rows(d, pos, neg, margin)
+    with torch.no_grad():
         count = k.sum()                                                  # denominator of eq. 6
         q = torch.cumsum(is_pos, 1).neg_().add_(is_pos.sum(1, keepdim=True)).mul_(is_neg)   # q_an: positives sorted after
         w = k.sub_(q)                                                    # (N, N) coefficients k_ap - q_an of eq. 10
@@ -142,7 +132,7 @@ class TripletMarginLoss(EmbeddingLoss):
                  exact_distances: bool = False,      # `exact` of `pair_distances`: True gives exact 0 for equal embeddings
                 ):
         super().__init__()
-        self.margin, self.normalize_embeddings = _check_number("margin", margin), normalize_embeddings
+        self.margin, self.normalize_embeddings = check_number("margin", margin), normalize_embeddings
         self.exact_distances = exact_distances
 
     def triplet_sums(self, embeddings, labels):
@@ -161,9 +151,11 @@ class TripletMarginLoss(EmbeddingLoss):
     def active_ratio(self, embeddings, labels):
         "Fraction of valid triplets with loss > 0."
         check_embeddings_labels(embeddings, labels)
-        _, k, pos, neg = self.triplet_sums(embeddings.to(compute_dtype(embeddings)), labels)
+        d = pair_distances(embeddings.to(compute_dtype(embeddings)), self.normalize_embeddings, self.exact_distances)
+        pos, neg = label_masks(labels)                                # (N, N) each
+        count = sorted_triplet_rows(d, pos, neg, self.margin)[-1].sum()   # triplets with loss > 0
         n_triplets = (pos.sum(1) * neg.sum(1)).sum()                  # sum over anchors of |P_a| |Q_a|
-        return k.sum() / n_triplets.clamp_min(1)
+        return count / n_triplets.clamp_min(1)
 
 # %% ../nbs/11_pairs.ipynb #050e78b0
 def first_two_per_class(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +174,7 @@ class NPairsLoss(EmbeddingLoss):
                 ):
         super().__init__()
         self.normalize_embeddings = normalize_embeddings
-        self.active_tol = _check_number("active_tol", active_tol, minimum=0)
+        self.active_tol = check_number("active_tol", active_tol, minimum=0)
 
     def pair_losses(self, embeddings, labels):
         "`l_c` of eq. 11 on each anchor row, `[N]` (0 elsewhere), and the anchor mask."

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn.functional as F
-from .core import EmbeddingLoss, check_embeddings_labels, compute_dtype
+from .core import EmbeddingLoss, check_embeddings_labels, check_number, compute_dtype
 from .geometry import safe_normalize, safe_sqrt, squared_euclidean_distances, class_counts, class_sums
 from .contrastive import masked_logsumexp
 
@@ -37,10 +37,11 @@ def check_class_ids(labels: torch.Tensor, num_classes: int, owner: str = "this l
 
 # %% ../nbs/13_proxies.ipynb #8615a1ab
 class ClassVectorLoss(EmbeddingLoss):
-    "Base of losses with one learnable vector per class: checks `d`, device and label ids before `EmbeddingLoss.forward`."
+    "Base of losses with one learnable vector per class: `check_inputs` adds `d`, device and label-id checks."
     def __init__(self, num_classes: int, embedding_size: int, active_tol: float = 0.01):
         super().__init__()
-        self.num_classes, self.embedding_size, self.active_tol = num_classes, embedding_size, active_tol
+        self.num_classes, self.embedding_size = num_classes, embedding_size
+        self.active_tol = check_number("active_tol", active_tol, minimum=0)
 
     def class_vectors(self) -> torch.nn.Parameter:
         "The learnable `[C, d]` parameter of this loss."
@@ -57,10 +58,6 @@ class ClassVectorLoss(EmbeddingLoss):
             raise ValueError(f"{name}'s parameters are on {self.class_vectors().device} but `embeddings` on "
                              f"{embeddings.device}; move the loss with `loss.to(embeddings.device)` (before building the optimizer).")
         check_class_ids(labels, self.num_classes, name)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self.check_inputs(embeddings, labels)
-        return super().forward(embeddings, labels)
 
     def vectors_like(self, embeddings):
         "The class vectors cast (differentiably) to the compute dtype of `embeddings`."
@@ -102,7 +99,8 @@ class ProxyNCALoss(ClassVectorLoss):
         super().__init__(num_classes, embedding_size, active_tol)
         if exclude_positive and num_classes < 2:
             raise ValueError("`exclude_positive=True` needs num_classes >= 2: the denominator of eq. 1 would be empty.")
-        self.softmax_scale, self.exclude_positive = softmax_scale, exclude_positive
+        self.softmax_scale = check_number("softmax_scale", softmax_scale, positive=True)
+        self.exclude_positive = exclude_positive
         self.proxies = init_class_vectors(num_classes, embedding_size, seed)
 
     def class_vectors(self): return self.proxies
@@ -177,7 +175,7 @@ class ArcFaceLoss(ClassVectorLoss):
                 ):
         super().__init__(num_classes, embedding_size, active_tol)
         if not 0 <= margin < 180: raise ValueError(f"`margin` is an angle in degrees in [0, 180); got {margin}.")
-        self.margin, self.scale = margin, scale
+        self.margin, self.scale = margin, check_number("scale", scale, positive=True)
         self.weights = init_class_vectors(num_classes, embedding_size, seed)
 
     def class_vectors(self): return self.weights
@@ -214,7 +212,8 @@ class CenterContrastiveLoss(ClassVectorLoss):
         super().__init__(num_classes, embedding_size, active_tol)
         if margin_type not in ("cosine", "angular"):
             raise ValueError(f"`margin_type` must be 'cosine' or 'angular'; got {margin_type!r}.")
-        self.scale, self.margin, self.margin_type, self.pull_weight = scale, margin, margin_type, pull_weight
+        self.scale, self.margin = check_number("scale", scale, positive=True), check_number("margin", margin)
+        self.margin_type, self.pull_weight = margin_type, check_number("pull_weight", pull_weight, minimum=0)
         self.centers = init_class_vectors(num_classes, embedding_size, seed)
 
     def class_vectors(self): return self.centers

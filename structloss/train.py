@@ -9,7 +9,7 @@ Docs: https://structloss.github.io/structloss/train.html.md"""
 # %% ../nbs/23_train.ipynb #18d281dd
 from __future__ import annotations
 import csv, json, math, os, random, sys, time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -207,7 +207,7 @@ def train(model: torch.nn.Module, objective: torch.nn.Module, data: DataSplits, 
     seed_everything(seed)
     train_set = data.train
     if cfg.views > 1:
-        if getattr(train_set, "transform", None) is None and not hasattr(train_set, "dataset"):
+        if not data.info.get("augment"):                  # every loader records its augmentation
             raise ValueError(f"`views={cfg.views}` needs an augmenting training set (all views would be identical); "
                              f"load the data with augment=True.")
         train_set = TwoViewDataset(train_set, cfg.views)

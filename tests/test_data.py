@@ -7,11 +7,7 @@ from hypothesis import given, settings, strategies as st
 import structloss.data as D
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see conftest.py
 
 
 # ---------- splits ----------

@@ -20,9 +20,8 @@ def make(n, d, seed, n_labels, dtype=torch.float64):
 def test_pairwise_distances_match_scikit_learn(batch, metric):
     z, _ = make(*batch)
     z[0] = 0 if len(z) > 2 else z[0]                                 # a zero vector
-    sk_metric = {"sqeuclidean": "sqeuclidean", "cosine": "cosine", "euclidean": "euclidean"}[metric]
     ours = pairwise_distances(z, metric=metric)
-    assert_close(ours.numpy(), sk_pairwise_distances(z.numpy(), metric=sk_metric), atol=1e-7, rtol=1e-7)
+    assert_close(ours.numpy(), sk_pairwise_distances(z.numpy(), metric=metric), atol=1e-7, rtol=1e-7)
     assert torch.all(ours.diagonal() == 0)
 
 @settings(max_examples=30, deadline=None)
@@ -47,6 +46,15 @@ def test_label_masks_partition_the_off_diagonal(batch):
     assert not (pos & neg).any() and not (pos & eye).any()
     assert torch.equal(pos | neg | eye, torch.ones_like(eye))
     assert torch.equal(pos, pos.T) and torch.equal(neg, neg.T)
+    same = torch.tensor([[a == b for b in labels.tolist()] for a in labels.tolist()])   # by definition, pair by pair
+    assert torch.equal(pos, same & ~eye) and torch.equal(neg, ~same)
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+def test_float32_distances_far_from_the_origin(metric):
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    far = (z + 1e4).float()                                       # cancellation would leave errors of order 1e2
+    assert_close(pairwise_distances(far, metric=metric).double(), pairwise_distances(z, metric=metric), atol=2e-2, rtol=1e-3)
 
 def test_gradients_are_finite_at_zero_distance_and_zero_vectors():
     z = torch.tensor([[0.0, 0.0], [1.0, 2.0], [1.0, 2.0]], requires_grad=True)

@@ -254,3 +254,17 @@ def test_bad_inputs_raise_clear_errors(key):
         with pytest.raises((ValueError, TypeError)) as info:
             loss(emb, lab)
         assert len(str(info.value)) > 10, f"{cls.__name__}, {name}: unexplained {info.type.__name__}"
+
+
+@pytest.mark.parametrize("name", LOSS_IDS)
+def test_every_loss_computes_on_an_ordinary_batch(name):
+    # the property tests above accept a clear error as an answer; this one makes sure a loss is not all errors
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(12, 4, generator=g, dtype=torch.float64, requires_grad=True), torch.arange(12) % 4
+    value = _build(CONCRETE[name], 4)(z, y)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(z.grad).all()
+
+
+def test_every_loss_of_the_book_is_tested():
+    assert len(LOSS_IDS) == 13 and not IMPORT_ERRORS, (LOSS_IDS, IMPORT_ERRORS)

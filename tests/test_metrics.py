@@ -29,10 +29,12 @@ def test_silhouette_matches_scikit_learn(n, d, n_classes, seed, metric, with_dup
 
 def test_silhouette_float32_large_batch_matches_scikit_learn():
     z, labels = clustered(3000, 32, 20, seed=1)
-    for metric in ("cosine", "sqeuclidean"):
+    for metric in ("cosine", "sqeuclidean", "euclidean"):
         ours = silhouette_score(z.float(), labels, metric)
         theirs = sk_silhouette_samples(z.numpy(), labels.numpy(), metric=metric).mean()
         assert abs(float(ours) - theirs) < 1e-4
+        if metric != "cosine":                                     # shifted far from the origin: same score
+            assert abs(float(silhouette_score((z + 1e3).float(), labels, metric)) - theirs) < 1e-3
 
 def test_silhouette_singletons_score_zero():
     z, labels = clustered(20, 3, 3, seed=2)

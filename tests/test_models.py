@@ -5,11 +5,7 @@ from structloss.models import (EmbeddingModel, DigitsCNN, MNIST1DCNN, MLP, PreAc
                                torchvision_encoder, ENCODERS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see conftest.py
 
 
 @pytest.mark.parametrize("encoder,shape", [("digits_cnn", (1, 8, 8)), ("mnist1d_cnn", (1, 40)), ("mlp", (1, 8, 8)),

@@ -10,11 +10,7 @@ from structloss.objectives import Objective, cross_entropy, loss_only
 from structloss.train import TrainConfig, train, evaluate, embed, topk_accuracy, knn_accuracy, save_history
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +30,7 @@ CFG = dict(batch_size=64, lr=3e-3, progress=False)
 def test_a_tiny_run_learns(data, tmp_path):
     res = train(tiny(data), cross_entropy(), data, TrainConfig(epochs=3, **CFG), seed=0, out_dir=str(tmp_path))
     accs = [r["val_acc"] for r in res.history]
-    assert accs[-1] > 0.5 > 0.1  # far above chance (10 classes)
+    assert accs[-1] > 0.5  # far above chance (0.1 for 10 classes)
     assert res.history[-1]["train_ce"] < res.history[0]["train_ce"]
     assert {"epoch", "train_ce", "train_total", "train_acc", "val_acc", "lr", "time_s"} <= set(res.history[0])
     saved = json.load(open(tmp_path / "history.json"))
