@@ -38,8 +38,33 @@ for metric in ("cosine", "sqeuclidean"):
                       SoftSilhouetteLoss(metric=metric, num_classes=3), x, y, sizes, 1,
                       ClassSumSoftSilhouetteLoss))
 
+class _NetWithLoss(torch.nn.Module):
+    def __init__(self, loss):
+        super().__init__()
+        self.net, self.loss = torch.nn.Linear(5, 3).double(), loss.double()
+    def forward(self, x, y): return self.loss(self.net(x), y)
+
+def _proxy_steps(rank, steps=3):
+    "Per-rank proxy losses on different data under DDP: their parameters after SGD steps."
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    out = {}
+    for name in sorted(NEEDS_CLASSES):
+        for inside in (True, False):   # the loss computed in DDP's forward, or outside it
+            model = _NetWithLoss(make_loss(name))
+            ddp = DDP(model)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+            g = torch.Generator().manual_seed(100 + rank)      # every rank sees different samples
+            for _ in range(steps):
+                x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+                y = torch.randint(0, 3, (6,), generator=g)
+                opt.zero_grad()
+                (ddp(x, y) if inside else model.loss(model.net(x), y)).backward()
+                opt.step()
+            out[name, inside] = [q.detach().clone() for q in model.loss.parameters()]
+    return out
+
 def _cases_worker(rank, world_size, cases):
-    "Every case on this rank, plus the class-sum silhouette score of each batch split."
+    "Every case on this rank, class-sum silhouette scores, proxies after DDP steps."
     out = [global_batch_worker(rank, world_size, loss, x, y, sizes, views=views, wrapper=wrapper)
            for _, loss, x, y, sizes, views, wrapper in cases]
     scores = {}
@@ -47,7 +72,7 @@ def _cases_worker(rank, world_size, cases):
         start = sum(sizes[:rank]); rows = slice(start, start + sizes[rank])
         for metric in ("cosine", "sqeuclidean"):
             scores[split, metric] = float(global_silhouette_score(x[rows], y[rows], 3, metric))
-    return out, scores
+    return out, scores, _proxy_steps(rank)
 
 @pytest.fixture(scope="module")
 def ranks():
@@ -144,3 +169,19 @@ def test_ddp_training_learns():
         assert o["world_size"] == R and o["param_spread"] == 0.0
         assert h[-1]["loss"] < h[0]["loss"] and h[-1]["test_acc"] > 0.7 > 5 * o["chance"]
     assert out[0]["history"][-1]["test_acc"] == out[1]["history"][-1]["test_acc"]
+
+def test_proxies_stay_in_sync_under_ddp(ranks):
+    "Proxies computed in DDP's forward: identical on both ranks after steps on different data."
+    for name in sorted(NEEDS_CLASSES):
+        p0, p1 = ranks[0][2][name, True], ranks[1][2][name, True]
+        init = list(make_loss(name).double().parameters())
+        assert len(p0) == len(init) >= 1
+        for a, b, c in zip(p0, p1, init):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            assert not torch.allclose(a, c), f"{name}: parameters did not move"
+
+def test_proxies_outside_ddp_forward_drift(ranks):
+    "The pitfall: a loss called outside the DDP module's forward gets no gradient averaging."
+    for name in sorted(NEEDS_CLASSES):
+        p0, p1 = ranks[0][2][name, False], ranks[1][2][name, False]
+        assert any(not torch.allclose(a, b) for a, b in zip(p0, p1)), name
