@@ -39,3 +39,4 @@ from .samplers import *      # 21 lab bench: batch samplers
 from .models import *        # 22 lab bench: models
 from .train import *         # 23 lab bench: training and evaluation
 from .experiments import *   # 24 lab bench: experiments and the CLI
+from .distributed import *   # 41 training across processes
