@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 __all__ = ['TORCHVISION_DATASETS', 'DATASETS', 'stratified_split', 'ArrayDataset', 'LabeledSubset', 'dataset_labels',
            'DataSplits', 'RandomShift', 'GaussianNoise', 'TensorCompose', 'TwoViewDataset', 'digits_splits',
            'cache_dir', 'mnist1d_splits', 'image_transforms', 'DatasetUnavailableError', 'torchvision_splits',
-           'fake_splits', 'load_dataset']
+           'fake_splits', 'register_dataset', 'load_dataset']
 
 # %% ../nbs/20_data.ipynb #1befac0d
 def stratified_split(labels, fractions: tuple = (0.15, 0.2), seed: int = 0) -> list[np.ndarray]:
@@ -288,6 +288,13 @@ def fake_splits(seed: int = 0, num_samples: int = 120, num_classes: int = 4, siz
 
 # %% ../nbs/20_data.ipynb #e548f269
 DATASETS = {"digits": digits_splits, "mnist1d": mnist1d_splits, "fake": fake_splits}
+
+def register_dataset(name: str, loader, overwrite: bool = False) -> None:
+    "Make `load_dataset(name, seed, **options)` call `loader(seed=seed, **options)`, which returns `DataSplits`."
+    if not callable(loader): raise TypeError(f"`loader` must be callable; got {type(loader).__name__}.")
+    if name in TORCHVISION_DATASETS or (name in DATASETS and DATASETS[name] is not loader and not overwrite):
+        raise ValueError(f"A dataset named {name!r} exists already; choose another name or pass overwrite=True.")
+    DATASETS[name] = loader
 
 def load_dataset(name: str, seed: int = 0, **kwargs) -> DataSplits:
     "Splits of dataset `name` (`DATASETS` or `TORCHVISION_DATASETS`), options passed to its loader."

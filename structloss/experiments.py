@@ -18,12 +18,13 @@ from .models import build_model
 from .train import TrainConfig, train, evaluate, embed
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'Experiment', 'register_experiment', 'get_experiment', 'resolve_loss', 'build_objective',
-           'ExperimentResult', 'summarize', 'format_table', 'run_experiment', 'save_result', 'plot_history',
-           'project_2d', 'plot_embeddings', 'plot_results', 'main']
+__all__ = ['EXPERIMENTS', 'SUITES', 'Experiment', 'register_experiment', 'get_experiment', 'register_suite', 'get_suite',
+           'resolve_loss', 'build_objective', 'ExperimentResult', 'summarize', 'format_table', 'run_experiment',
+           'save_result', 'plot_history', 'project_2d', 'plot_embeddings', 'plot_results', 'default_runs_dir',
+           'load_result', 'run_or_load', 'run_suite', 'glue', 'main']
 
 # %% ../nbs/24_experiments.ipynb #b14d6ef3
-_FIELDS = ("dataset", "dataset_kwargs", "model", "objective", "train", "seeds", "split_seed")
+_FIELDS = ("dataset", "dataset_kwargs", "model", "objective", "train", "seeds", "split_seed", "evaluation")
 
 def _merge(base: dict, over: dict) -> dict:
     "Recursive dict merge: values of `over` win; nested dicts are merged, everything else replaced."
@@ -45,6 +46,7 @@ class Experiment:
     split_seed: int = 0
     profiles: dict = field(default_factory=dict)    # {profile: overrides or None (unavailable)}
     description: str = ""
+    evaluation: dict = field(default_factory=dict)  # options of `evaluate`; "extra": metric functions by dotted path
 
     def __post_init__(self):
         for p, over in self.profiles.items():
@@ -64,12 +66,26 @@ class Experiment:
         d = _merge(d, self.profiles.get(profile) or {})
         return Experiment(self.name, **{k: d[k] for k in _FIELDS}, description=self.description)
 
+    def derive(self, name: str, description: str | None = None, **overrides) -> "Experiment":
+        "A copy named `name` with `overrides` merged into its fields (dicts recursively, per profile for `profiles`)."
+        bad = set(overrides) - set(_FIELDS) - {"profiles"}
+        if bad: raise ValueError(f"Experiment.derive: unknown field(s) {sorted(bad)}; use {_FIELDS + ('profiles',)}.")
+        d = {k: getattr(self, k) for k in _FIELDS}
+        d = _merge(d, {k: v for k, v in overrides.items() if k != "profiles"})
+        profiles = copy.deepcopy(self.profiles)
+        for p, over in overrides.get("profiles", {}).items():
+            mergeable = over is not None and profiles.get(p) is not None
+            profiles[p] = _merge(profiles[p], over) if mergeable else copy.deepcopy(over)
+        return Experiment(name, **d, profiles=profiles,
+                          description=self.description if description is None else description)
+
     def to_dict(self) -> dict:
         "JSON-friendly description (callables by their names)."
         return json.loads(json.dumps(asdict(self), default=lambda o: getattr(o, "__name__", repr(o))))
 
 # %% ../nbs/24_experiments.ipynb #71de28c3
 EXPERIMENTS: dict[str, Experiment] = {}
+SUITES: dict[str, dict] = {}  # {name: {"members": [experiment names], "description": str}}
 _BENCH = {"core", "geometry", "data", "samplers", "models", "train", "experiments", "_modidx"}
 
 def register_experiment(exp: Experiment, overwrite: bool = False) -> Experiment:
@@ -94,6 +110,24 @@ def get_experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS:
         raise ValueError(f"Unknown experiment {name!r}; registered: {', '.join(sorted(EXPERIMENTS))}.")
     return EXPERIMENTS[name]
+
+def register_suite(name: str, members, description: str = "") -> list[str]:
+    "Name a group of registered experiments (a paper's table): `structloss run <name>` runs them all."
+    members = [m.name if isinstance(m, Experiment) else m for m in members]
+    if not members or not all(isinstance(m, str) for m in members):
+        raise ValueError(f"Suite {name!r}: `members` must be a non-empty list of experiment names; got {members!r}.")
+    missing = [m for m in members if m not in EXPERIMENTS]
+    if missing: raise ValueError(f"Suite {name!r}: register these experiments first: {missing}.")
+    if name in EXPERIMENTS: raise ValueError(f"Suite {name!r}: an experiment already has that name.")
+    SUITES[name] = {"members": members, "description": description}
+    return members
+
+def get_suite(name: str) -> list[str]:
+    "The member names of suite `name` (importing structloss's modules to find it if needed)."
+    if name not in SUITES: _import_all()
+    if name not in SUITES:
+        raise ValueError(f"Unknown suite {name!r}; registered: {', '.join(sorted(SUITES)) or 'none'}.")
+    return list(SUITES[name]["members"])
 
 # %% ../nbs/24_experiments.ipynb #8eeca4ee
 def resolve_loss(name: str):
@@ -153,6 +187,7 @@ class ExperimentResult:
     embeddings: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     environment: dict = field(default_factory=dict)
+    wall_s: float | None = None  # seconds the run took when it ran (kept when it is loaded from its files)
 
     def table(self) -> str: return format_table(self.summary, title=f"{self.experiment.name} ({self.profile})")
 
@@ -175,6 +210,25 @@ def format_table(summary: dict, title: str | None = None) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/24_experiments.ipynb #aa90db23
+def _resolve_callable(path: str, what: str):
+    "The function at dotted `path` (e.g. 'structloss.robustness.corruption_metrics')."
+    if callable(path): return path
+    mod, _, name = str(path).rpartition(".")
+    try: fn = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"Cannot import the {what} {path!r}: {e}. Give a dotted path 'package.module.function'.") from e
+    if not callable(fn): raise TypeError(f"The {what} {path!r} is not callable.")
+    return fn
+
+def _build_model(spec: dict, data: DataSplits):
+    "The model of an experiment: `factory(data, **options)`, or `build_model` with an encoder name."
+    spec = dict(spec)
+    if "factory" in spec: return _resolve_callable(spec.pop("factory"), "model factory")(data, **spec)
+    encoder = spec.pop("encoder", None)
+    if encoder is None: raise ValueError("An experiment's `model` needs an 'encoder' name or a 'factory'.")
+    with_classifier = spec.pop("classifier", True)
+    return build_model(encoder, data.input_shape, data.num_classes if with_classifier else None, **spec)
+
 def run_experiment(experiment: str | Experiment, profile: str | None = None, seeds=None,
                    out_dir: str | None = "runs", # None: save nothing
                    device: str | None = None, progress: bool = True, resume: bool = False,
@@ -182,6 +236,7 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
                    download: bool = False, figures: bool = True, tsne: bool = False, verbose: bool = True,
                   ) -> ExperimentResult:
     "Run `experiment` in `profile` for each seed; return (and save under `out_dir`) metrics, histories, figures."
+    t_start = time.perf_counter()
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
     profile = profile or get_profile()
     exp = exp.resolve(profile)
@@ -190,10 +245,10 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
     cfg = {**exp.train, **(train_overrides or {}), "progress": progress}
     if device is not None: cfg["device"] = device
     cfg = TrainConfig.from_dict(cfg)  # fails early on a bad config
-    model_spec = dict(exp.model)
-    encoder = model_spec.pop("encoder", None)
-    if encoder is None: raise ValueError(f"Experiment {exp.name!r}: `model` needs an 'encoder'.")
-    with_classifier = model_spec.pop("classifier", True)
+    if "factory" not in exp.model and "encoder" not in exp.model:
+        raise ValueError(f"Experiment {exp.name!r}: `model` needs an 'encoder' or a 'factory'.")
+    eval_kw = dict(exp.evaluation)
+    extras = [_resolve_callable(p, "evaluation function") for p in eval_kw.pop("extra", ())]
     dkw = dict(exp.dataset_kwargs)
     if download and exp.dataset in TORCHVISION_DATASETS: dkw["download"] = True
     data = load_dataset(exp.dataset, seed=exp.split_seed, **dkw)
@@ -201,37 +256,45 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
     metrics, histories, emb, lab = [], [], None, None
     for seed in seeds:
         seed_everything(seed)
-        model = build_model(encoder, data.input_shape, data.num_classes if with_classifier else None, **model_spec)
+        model = _build_model(exp.model, data)
         objective = build_objective(exp.objective, data, model.embedding_dim)
         seed_dir = os.path.join(run_dir, f"seed_{seed}") if run_dir else None
         res = train(model, objective, data, cfg, seed=seed, out_dir=seed_dir, resume=resume)
-        m = evaluate(res.model, data, device=None)
+        m = evaluate(res.model, data, device=None, **eval_kw)
         m.update(best_epoch=res.best_epoch, epochs_run=len(res.history),
                  train_time_s=float(sum(r["time_s"] for r in res.history)))
+        for fn in extras: m.update(fn(res.model, data, seed))
         metrics.append(m); histories.append(res.history)
         if emb is None: _, emb, lab = embed(res.model, data.test)
-        if verbose: print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("top1", "knn1", "silhouette")))
+        if verbose:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("top1", "knn1", "silhouette"))
+            print(f"{exp.name} seed {seed}: {shown}")
     result = ExperimentResult(exp, profile, metrics, histories, summarize(metrics), run_dir, emb, lab,
-                              environment_report(seeds, cfg.device))
+                              environment_report(seeds, cfg.device), time.perf_counter() - t_start)
     if run_dir: save_result(result, figures=figures, tsne=tsne)
     return result
 
 def save_result(result: ExperimentResult, figures: bool = True, tsne: bool = False) -> None:
-    "Write `results.json`, `summary.csv` and (with `figures`) the plots into `result.out_dir`."
+    "Write `results.json` (with histories), `summary.csv`, `embeddings.pt` and the plots into `result.out_dir`."
     d = result.out_dir; os.makedirs(d, exist_ok=True)
+    summary = {k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in result.summary.items()}
     with open(os.path.join(d, "results.json"), "w") as f:
-        json.dump({"experiment": result.experiment.to_dict(), "profile": result.profile, "environment": result.environment,
-                   "metrics": result.metrics, "summary": {k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in result.summary.items()}},
-                  f, indent=1)
+        json.dump({"experiment": result.experiment.to_dict(), "profile": result.profile,
+                   "environment": result.environment, "wall_s": result.wall_s, "metrics": result.metrics,
+                   "summary": summary, "histories": result.histories}, f, indent=1)
     with open(os.path.join(d, "summary.csv"), "w", newline="") as f:
         w = csv.writer(f); w.writerow(["metric", "mean", "std", "n"])
         for k, (m, s, n) in result.summary.items(): w.writerow([k, m, s, n])
+    if result.embeddings is not None:
+        torch.save({"embeddings": result.embeddings, "labels": result.labels}, os.path.join(d, "embeddings.pt"))
     if not figures: return
     import matplotlib.pyplot as plt
-    fig = plot_history(result.histories, title=result.experiment.name); fig.savefig(os.path.join(d, "curves.png"), dpi=120); plt.close(fig)
+    fig = plot_history(result.histories, title=result.experiment.name)
+    fig.savefig(os.path.join(d, "curves.png"), dpi=120); plt.close(fig)
     for method in ("pca",) + (("tsne",) if tsne else ()):
         fig, ax = plt.subplots(figsize=(4.5, 4))
-        plot_embeddings(result.embeddings, result.labels, method, ax=ax, title=f"{result.experiment.name}: test, {method.upper()}")
+        plot_embeddings(result.embeddings, result.labels, method, ax=ax,
+                        title=f"{result.experiment.name}: test, {method.upper()}")
         fig.savefig(os.path.join(d, f"embeddings_{method}.png"), dpi=120); plt.close(fig)
 
 # %% ../nbs/24_experiments.ipynb #dd098501
@@ -288,6 +351,74 @@ def plot_results(results: dict, metrics=("top1", "knn1", "svc", "recall@1", "sil
     ax.set_xticks(range(len(metrics)), metrics); ax.set_ylim(0, 1.05); ax.legend(fontsize=8); ax.grid(axis="y", alpha=0.3)
     return ax
 
+# %% ../nbs/24_experiments.ipynb #38529b51
+def default_runs_dir() -> str:
+    "`$STRUCTLOSS_RUNS`, else `runs/` in the enclosing structloss repository (found from the cwd), else `./runs`."
+    if os.environ.get("STRUCTLOSS_RUNS"): return os.environ["STRUCTLOSS_RUNS"]
+    here = os.path.abspath(os.getcwd())
+    while True:
+        if os.path.isdir(os.path.join(here, "nbs")) and os.path.isfile(os.path.join(here, "pyproject.toml")):
+            return os.path.join(here, "runs")
+        parent = os.path.dirname(here)
+        if parent == here: return os.path.abspath("runs")
+        here = parent
+
+def _experiment_from_dict(d: dict) -> Experiment:
+    d = {k: (tuple(v) if k == "seeds" else v) for k, v in d.items()}
+    return Experiment(**d)
+
+def load_result(experiment: str | Experiment, profile: str | None = None,
+                out_dir: str | None = None) -> ExperimentResult:
+    "The stored result of `experiment` in `profile`, read from `out_dir/<name>/<profile>/results.json`."
+    name = experiment.name if isinstance(experiment, Experiment) else experiment
+    profile = profile or get_profile()
+    run_dir = os.path.join(out_dir or default_runs_dir(), name, profile)
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No results for {name!r} ({profile}) at {path}; run "
+                                f"`structloss run {name} --profile {profile}` first.")
+    with open(path) as f: r = json.load(f)
+    summary = {k: (v["mean"], v["std"], v["n"]) for k, v in r["summary"].items()}
+    emb = lab = None
+    if os.path.exists(os.path.join(run_dir, "embeddings.pt")):
+        e = torch.load(os.path.join(run_dir, "embeddings.pt"), weights_only=True)
+        emb, lab = e["embeddings"], e["labels"]
+    return ExperimentResult(_experiment_from_dict(r["experiment"]), r["profile"], r["metrics"],
+                            r.get("histories", []), summary, run_dir, emb, lab, r.get("environment", {}),
+                            r.get("wall_s"))
+
+def _same_experiment(stored: ExperimentResult, exp: Experiment) -> bool:
+    return stored.experiment.to_dict() == exp.to_dict() and len(stored.histories) == len(exp.seeds)
+
+def run_or_load(experiment: str | Experiment, profile: str | None = None, out_dir: str | None = None,
+                rerun: bool = False, # run even when stored results match
+                **kwargs, # passed to `run_experiment` (not `seeds`: the experiment's seeds are part of it)
+               ) -> ExperimentResult:
+    "The stored result of `experiment` if it was written for the same resolved experiment, else a fresh run."
+    exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    profile = profile or get_profile()
+    out_dir = out_dir or default_runs_dir()
+    if not rerun:
+        try:
+            stored = load_result(exp.name, profile, out_dir)
+            if _same_experiment(stored, exp.resolve(profile)): return stored
+        except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError):
+            pass
+    kwargs.setdefault("progress", False)
+    return run_experiment(exp, profile=profile, out_dir=out_dir, **kwargs)
+
+def run_suite(suite: str, profile: str | None = None, out_dir: str | None = None, rerun: bool = False,
+              **kwargs) -> dict:
+    "`{name: ExperimentResult}` for every member of `suite` (`run_or_load` each)."
+    return {name: run_or_load(name, profile, out_dir, rerun, **kwargs) for name in get_suite(suite)}
+
+def glue(name: str, value, display: bool = False):
+    "Store `value` for the book's prose (MyST-NB's `glue`, used as {glue:text}`name`); returns `value`."
+    try: from myst_nb import glue as _glue
+    except ImportError: return value
+    _glue(name, value, display=display)
+    return value
+
 # %% ../nbs/24_experiments.ipynb #53b05038
 _BASELINES = [Experiment(
     "ce_digits", "digits", objective={},
@@ -329,11 +460,11 @@ for _e in _BASELINES: register_experiment(_e)
 def _parser():
     p = argparse.ArgumentParser(prog="structloss", description="Run structloss experiments.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run one experiment and print its results (mean ± std over seeds)")
-    r.add_argument("experiment")
+    r = sub.add_parser("run", help="run an experiment or a suite and print its results (mean ± std over seeds)")
+    r.add_argument("experiment", help="an experiment or a suite name (`structloss list`)")
     r.add_argument("--profile", choices=PROFILES, default=None, help="default: $STRUCTLOSS_PROFILE or cpu")
     r.add_argument("--seeds", type=int, nargs="+", default=None)
-    r.add_argument("--out", default="runs", help="results directory (default: runs)")
+    r.add_argument("--out", default=None, help="results directory (default: runs/ at the repository root)")
     r.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     r.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
     r.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
@@ -342,29 +473,39 @@ def _parser():
     r.add_argument("--no-figures", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
-    sub.add_parser("list", help="list the registered experiments")
+    sub.add_parser("list", help="list the registered experiments and suites")
     return p
 
+def _list() -> None:
+    _import_all()
+    for name in sorted(EXPERIMENTS):
+        e = EXPERIMENTS[name]
+        avail = [p for p in PROFILES if e.profiles.get(p, {}) is not None]
+        print(f"{name:<32} {'/'.join(avail):<16} {e.description}")
+    if SUITES: print("\nSuites (`structloss run <suite>` runs every member):")
+    for name in sorted(SUITES):
+        s = SUITES[name]
+        print(f"{name:<32} {len(s['members']):>3} experiments  {s['description']}")
+
 def main(argv=None) -> int:
-    "The `structloss` command: `structloss run <experiment> [--profile smoke|cpu|colab] ...` or `structloss list`."
+    "The `structloss` command: `structloss run <experiment|suite> [--profile smoke|cpu|colab] ...`, `structloss list`."
     args = _parser().parse_args(argv)
-    if args.command == "list":
-        _import_all()
-        for name in sorted(EXPERIMENTS):
-            e = EXPERIMENTS[name]
-            avail = [p for p in PROFILES if e.profiles.get(p, {}) is not None]
-            print(f"{name:<24} {'/'.join(avail):<18} {e.description}")
-        return 0
+    if args.command == "list": _list(); return 0
     if args.threads: torch.set_num_threads(args.threads)
+    out = args.out or default_runs_dir()
     try:
         t0 = time.perf_counter()
-        res = run_experiment(args.experiment, profile=args.profile, seeds=args.seeds, out_dir=args.out,
-                             device=args.device, progress=not args.no_progress, resume=args.resume,
-                             train_overrides={"epochs": args.epochs} if args.epochs else None, download=args.download,
-                             figures=not args.no_figures, tsne=args.tsne)
+        if args.experiment not in EXPERIMENTS: _import_all()
+        names = get_suite(args.experiment) if args.experiment in SUITES else [args.experiment]
+        for name in names:
+            res = run_experiment(name, profile=args.profile, seeds=args.seeds, out_dir=out,
+                                 device=args.device, progress=not args.no_progress, resume=args.resume,
+                                 train_overrides={"epochs": args.epochs} if args.epochs else None,
+                                 download=args.download, figures=not args.no_figures, tsne=args.tsne)
+            print(res.table())
+            print(f"saved to {res.out_dir} ({res.wall_s:.0f} s)")
     except (ValueError, TypeError, RuntimeError) as e:
         print(f"structloss: error: {e}", file=sys.stderr)
         return 2
-    print(res.table())
-    print(f"saved to {res.out_dir} ({time.perf_counter() - t0:.0f} s)")
+    if len(names) > 1: print(f"suite {args.experiment}: {len(names)} experiments in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -110,3 +110,43 @@ def test_console_script(tmp_path):
                         "--no-figures", "--epochs", "1", "--threads", "1"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "mean ± std" in p.stdout and (tmp_path / "ce_digits" / "smoke" / "results.json").exists()
+
+
+def _tiny(name="t_tiny", **kw):
+    kw.setdefault("model", {"encoder": "mlp", "embedding_dim": 8})
+    return E.Experiment(name, "digits", train={"epochs": 1, "batch_size": 256}, seeds=(0,), **kw)
+
+
+def test_run_or_load_reads_the_files_the_cli_writes(tmp_path, monkeypatch, capsys):
+    "The CLI runs a suite; the chapter's `run_or_load` then reads its files and trains nothing."
+    for name in ("t_a", "t_b"): E.register_experiment(_tiny(name), overwrite=True)
+    E.register_suite("t_ab", ["t_a", "t_b"])
+    try:
+        assert E.main(["run", "t_ab", "--profile", "cpu", "--out", str(tmp_path), "--no-figures", "--no-progress"]) == 0
+        assert "suite t_ab: 2 experiments" in capsys.readouterr().out
+        stored = json.load(open(tmp_path / "t_b" / "cpu" / "results.json"))
+        monkeypatch.setattr(E, "run_experiment", lambda *a, **k: pytest.fail("run_or_load re-ran a stored experiment"))
+        res = E.run_suite("t_ab", "cpu", str(tmp_path))
+        assert res["t_b"].metrics == stored["metrics"] and res["t_b"].histories == stored["histories"]
+        assert res["t_a"].wall_s > 0 and res["t_a"].embeddings.shape[1] == 8
+    finally:
+        E.EXPERIMENTS.pop("t_a"); E.EXPERIMENTS.pop("t_b"); E.SUITES.pop("t_ab")
+
+
+def test_run_or_load_reruns_a_changed_experiment(tmp_path):
+    E.run_or_load(_tiny(), "cpu", str(tmp_path), figures=False)
+    changed = _tiny(evaluation={"recall_k": (1, 3)})
+    res = E.run_or_load(changed, "cpu", str(tmp_path), figures=False)
+    assert "recall@3" in res.metrics[0]                                   # it ran again with the new evaluation
+    assert E.load_result("t_tiny", "cpu", str(tmp_path)).experiment.evaluation == {"recall_k": [1, 3]}
+
+
+def test_model_factory_and_extra_metrics(tmp_path):
+    from structloss.models import build_model
+    def factory(data, width=4):
+        return build_model("mlp", data.input_shape, data.num_classes, embedding_dim=width,
+                           encoder_kwargs={"hidden": (16,)})
+    exp = _tiny("t_factory", model={"factory": factory, "width": 5},
+                evaluation={"extra": [lambda model, data, seed: {"n_test": float(len(data.test))}]})
+    res = E.run_experiment(exp, "cpu", out_dir=None, progress=False)
+    assert res.embeddings.shape[1] == 5 and res.metrics[0]["n_test"] == 359.0  # 20% of each class of 1797
