@@ -34,7 +34,8 @@ def test_experiment_specs():
 
 
 def test_a_tiny_latent_boost_run_logs_what_the_chapter_reads():
-    exp = get_experiment("lbp_lb_detach_l75")
+    exp = get_experiment("lbp_lb_detach_l75").derive("t_lb", profiles={"smoke": {
+        "train": {"epochs": 2}, "objective": {"kwargs": {"warmup_epochs": 1}}}})
     res = run_experiment(exp, profile="smoke", out_dir=None, progress=False, verbose=False, figures=False)
     m, hist = res.metrics[0], res.histories[0]
     assert {"top1", "micro_f1", "macro_f1", "silhouette_euclidean", "epochs_run"} <= set(m)
