@@ -149,8 +149,9 @@ class Objective(torch.nn.Module):
             accepts_views = getattr(loss, "accepts_views", False)
             value = loss(embeddings, labels) if accepts_views else loss(flat, flat_labels)
             logs[name] = value.detach()
-            if callable(getattr(loss, "extra_logs", None)):                    # e.g. Latent Boost's PCA dimension
-                for k, v in loss.extra_logs().items(): logs[f"{name}_{k}"] = torch.as_tensor(v).detach()
+            if callable(getattr(loss, "extra_logs", None)):  # e.g. Latent Boost's PCA dimension
+                for k, v in loss.extra_logs().items():
+                    logs[f"{name}_{k}"] = torch.as_tensor(v).detach()
             value = value.to(torch.promote_types(value.dtype, torch.float32))
             total = w * value if total is None else total + w * value
         if total is None:                                                      # every weight is 0 at this epoch
@@ -225,7 +226,7 @@ def after_warmup(warmup_epochs: int):
 def latent_boost(loss: torch.nn.Module | None = None, # L_dist; default `LatentBoostLoss(**loss_kwargs)`
                  lam: float = 0.75, # lambda in eq. 5 / 11 (best on Fashion-MNIST and CIFAR-10, Table 3)
                  name: str | None = None, # log name; default from the class name
-                 warmup_epochs: int = 0, # CE-only epochs first (Section 6.3); eq. 10 counts from their end
+                 warmup_epochs: int = 0, # CE-only epochs first (Section 6.3); eq. 10 starts after
                  **loss_kwargs,
                 ) -> Objective:
     "`lam * loss + (1 - lam) * CE` (Latent Boost eqs. 5 and 11) after `warmup_epochs` of CE alone."

@@ -56,7 +56,8 @@ class TrainConfig:
         need(self.scheduler in ("cosine", "plateau", None),
              f"`scheduler` must be 'cosine', 'plateau' or None; got {self.scheduler!r}.")
         need(isinstance(self.plateau_factor, (int, float)) and 0 < self.plateau_factor < 1,
-             f"`plateau_factor` must lie in (0, 1) (0.2 divides the rate by 5); got {self.plateau_factor!r}.")
+             f"`plateau_factor` must lie in (0, 1) (0.2 divides the rate by 5); "
+             f"got {self.plateau_factor!r}.")
         need(isinstance(self.plateau_patience, int) and self.plateau_patience >= 0,
              f"`plateau_patience` must be an int >= 0; got {self.plateau_patience!r}.")
         need(self.lr > 0, f"`lr` must be > 0; got {self.lr!r}.")
@@ -224,10 +225,11 @@ def train(model: torch.nn.Module, objective: torch.nn.Module, data: DataSplits, 
     params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
     opt = _make_optimizer(params, cfg)
     sched = None
-    if cfg.scheduler == "cosine": sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    if cfg.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     elif cfg.scheduler == "plateau":  # on validation accuracy, once per epoch
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
-                                                           patience=cfg.plateau_patience)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     history, start, best = [], 0, {"val_acc": -1.0, "epoch": -1, "state": None, "bad": 0}
     ckpt = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
