@@ -5,6 +5,7 @@ Modules:
 - `structloss.contrastive`: Pull each sample towards the samples that share its label and push it from all others, through a softmax over cosine similarities: InfoNCE (NT-Xent) and supervised contrastive learning (SupCon).
 - `structloss.core`: The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results are stamped with their provenance, and how every loss and metric rejects bad input.
 - `structloss.data`: Datasets with fixed train/validation/test splits, the papers' image pipelines, and a two-view wrapper: the data half of the bench every experiment in the book runs on.
+- `structloss.distributed`: A batch-global loss on the batch of every process: a gradient-preserving all-gather, class sums all-reduced instead of embeddings gathered, and a class-balanced sampler split across ranks.
 - `structloss.experiments`: An experiment is data — dataset, model, objective, training numbers, seeds — with a `smoke`, a `cpu` and a `colab` profile. One function runs it, in a notebook or as `structloss run <experiment>`, and saves its results, histories and figures.
 - `structloss.geometry`: Distances between embeddings, masks of which pairs share a label, and per-class sums and means: the four pieces every structure-shaping loss and diagnostic is built from.
 - `structloss.graph`: Build a k-nearest-neighbour graph on the batch's outputs and penalise every edge that joins two classes, weighted by how close its ends are: the graph smoothness loss of Bontonou et al. (2019).
