@@ -18,13 +18,14 @@ from .samplers import ClassBalancedSampler
 from .silhouette import SoftSilhouetteLoss, smooth_max
 
 # %% auto #0
-__all__ = ['world', 'track_communication', 'gather_sizes', 'all_gather_with_grad', 'gather_batch', 'GlobalBatchLoss',
-           'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts', 'global_silhouette_score',
-           'ClassSumSoftSilhouetteLoss', 'run_on_ranks', 'global_batch_worker', 'global_batch_checks',
-           'single_process_reference', 'communication_bytes', 'measure_communication', 'ShardedClassBalancedSampler']
+__all__ = ['rank_and_world_size', 'track_communication', 'gather_sizes', 'all_gather_with_grad', 'gather_batch',
+           'GlobalBatchLoss', 'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts',
+           'global_silhouette_score', 'ClassSumSoftSilhouetteLoss', 'run_on_ranks', 'global_batch_worker',
+           'global_batch_checks', 'single_process_reference', 'communication_bytes', 'measure_communication',
+           'ShardedClassBalancedSampler']
 
 # %% ../nbs/41_distributed.ipynb #187a2732
-def world(group=None) -> tuple[int, int]:
+def rank_and_world_size(group=None) -> tuple[int, int]:
     "`(rank, world size)` of this process; `(0, 1)` when no process group is initialised."
     if not (dist.is_available() and dist.is_initialized()): return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
@@ -48,7 +49,7 @@ class _AllGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        rank, R = world(group)
+        rank, R = rank_and_world_size(group)
         x = x.contiguous()
         out = [torch.empty_like(x) for _ in range(R)]
         dist.all_gather(out, x, group=group)
@@ -58,7 +59,7 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        rank, R = world(ctx.group)
+        rank, R = rank_and_world_size(ctx.group)
         grad = grad.contiguous()
         _record("grad_reduce", grad)
         if dist.get_backend(ctx.group) == "nccl":                  # each rank: the sum of its rows
@@ -71,7 +72,7 @@ class _AllGather(torch.autograd.Function):
 
 def gather_sizes(n: int, device=None, group=None) -> list[int]:
     "The number of rows on every rank (one tiny all-gather; the host waits for it)."
-    rank, R = world(group)
+    rank, R = rank_and_world_size(group)
     if R == 1: return [int(n)]
     t = torch.tensor([int(n)], device=device)
     out = [torch.zeros_like(t) for _ in range(R)]
@@ -81,7 +82,7 @@ def gather_sizes(n: int, device=None, group=None) -> list[int]:
 
 def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None, group=None):
     "The rows of `x` of every rank in rank order; gradients flow back to each rank's own rows."
-    rank, R = world(group)
+    rank, R = rank_and_world_size(group)
     if R == 1: return x
     sizes = gather_sizes(len(x), x.device, group) if sizes is None else [int(s) for s in sizes]
     if len(sizes) != R or sizes[rank] != len(x):
@@ -95,7 +96,7 @@ def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None, group=
 def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor, group=None):
     "`(embeddings, labels, first row of this rank)` of the batch of every rank, in rank order."
     check_labels(labels, embeddings.shape[0])
-    rank, R = world(group)
+    rank, R = rank_and_world_size(group)
     if R == 1: return embeddings, labels, 0
     sizes = gather_sizes(len(labels), labels.device, group)
     return (all_gather_with_grad(embeddings, sizes, group),
@@ -135,7 +136,7 @@ class _AllReduceSum(torch.autograd.Function):
 
 def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
     "`sum_r x_r` on every rank, differentiable (identity without a process group)."
-    return x if world(group)[1] == 1 else _AllReduceSum.apply(x, group)
+    return x if rank_and_world_size(group)[1] == 1 else _AllReduceSum.apply(x, group)
 
 # %% ../nbs/41_distributed.ipynb #237ff2f7
 def global_class_distance_sums(z: torch.Tensor, ids: torch.Tensor, num_classes: int,
@@ -234,7 +235,7 @@ class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
         s = (b - a) / (smooth_max(a, b, tau) + L.eps)
         s = torch.where(defined, s, torch.zeros_like(s))
         if L.singletons == "zero": defined = defined | ((n_own == 1) & has_other)
-        R = world(self.group)[1]
+        R = rank_and_world_size(self.group)[1]
         count = all_reduce_sum(defined.sum().to(s.dtype), self.group).detach()
         part = s.sum() / count.clamp_min(1)                   # this rank's share of mean s~
         mean_s = all_reduce_sum(part.detach(), self.group)
@@ -368,7 +369,7 @@ class ShardedClassBalancedSampler(Sampler):
                  drop_last: bool = True): # interleave: drop the last len % R batches (else repeat)
         if mode not in ("split", "interleave"):
             raise ValueError(f"`mode` must be 'split' or 'interleave'; got {mode!r}.")
-        r, R = world()
+        r, R = rank_and_world_size()
         R = R if num_replicas is None else num_replicas
         r = r if rank is None else rank
         if not (isinstance(R, int) and R >= 1):

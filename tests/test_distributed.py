@@ -5,7 +5,7 @@ import torch
 from structloss.distributed import (ClassSumSoftSilhouetteLoss, GlobalBatchLoss,
                                     ShardedClassBalancedSampler, global_batch_worker,
                                     global_silhouette_score, run_on_ranks,
-                                    single_process_reference, world)
+                                    single_process_reference, rank_and_world_size)
 from structloss.greediness import find_losses
 from structloss.metrics import silhouette_score
 from structloss.silhouette import SoftSilhouetteLoss
@@ -107,7 +107,7 @@ def test_silhouette_score_from_class_sums(ranks):
 
 def test_one_process_fallbacks():
     "Without a process group every wrapper is the plain loss."
-    assert world() == (0, 1)
+    assert rank_and_world_size() == (0, 1)
     x, y, _ = batches()["uneven 9+5"]
     base = SoftSilhouetteLoss(num_classes=3)
     torch.testing.assert_close(GlobalBatchLoss(base)(x, y), base(x, y))

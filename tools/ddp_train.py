@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # run from a 
 from structloss.contrastive import SupConLoss                        # noqa: E402
 from structloss.data import digits_splits                            # noqa: E402
 from structloss.distributed import (GlobalBatchLoss, ShardedClassBalancedSampler,  # noqa: E402
-                                    world)
+                                    rank_and_world_size)
 from structloss.models import build_model                            # noqa: E402
 from structloss.train import embed                                   # noqa: E402
 
@@ -27,7 +27,7 @@ from structloss.train import embed                                   # noqa: E40
 def train(epochs: int = 5, m: int = 4, p: int = 10, lr: float = 3e-3, seed: int = 0,
           supcon_weight: float = 1.0, verbose: bool = True) -> dict:
     "Train on this process's shard; the per-epoch history and how far the ranks' parameters differ."
-    rank, R = world()
+    rank, R = rank_and_world_size()
     use_cuda = torch.cuda.is_available() and (R == 1 or dist.get_backend() == "nccl")
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if use_cuda else "cpu")
     torch.manual_seed(seed)                  # the same initial weights everywhere
@@ -86,7 +86,7 @@ def main(argv=None):
         dist.init_process_group(backend)
     try:
         out = train(args.epochs, args.m, args.p, args.lr, args.seed)
-        if world()[0] == 0: print(f"parameter spread across ranks: {out['param_spread']:.3g}")
+        if rank_and_world_size()[0] == 0: print(f"parameter spread across ranks: {out['param_spread']:.3g}")
     finally:
         if distributed: dist.destroy_process_group()
 
