@@ -19,7 +19,8 @@ Modules:
 - `structloss.proxies`: Give each class a learnable vector (a proxy, a centre, a classifier weight) and compare every sample with the C class vectors instead of with the other samples of its batch.
 - `structloss.samplers`: A class-balanced batch sampler: every batch holds *P* classes with *m* samples each, and every sample is seen at least once per epoch.
 - `structloss.silhouette`: A differentiable silhouette coefficient (Todescato & Carbonera, 2026): each sample is pulled towards its own class and pushed from the nearest other class *as measured by class-average distances*, a global signal that complements pairwise losses. Computed from class sums in O(N·C·d).
-- `structloss.train`: One training loop for every experiment in the book — any objective, class-balanced or shuffled batches, one or two views, early stopping, a per-epoch history, checkpoints — and the evaluation every chapter reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and the silhouette."""
+- `structloss.train`: One training loop for every experiment in the book — any objective, class-balanced or shuffled batches, one or two views, early stopping, a per-epoch history, checkpoints — and the evaluation every chapter reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and the silhouette.
+- `structloss.variance_greediness_paper`: Seven metric-learning losses on one frozen encoder, compared by what they do to the geometry of the embedding (VARIANCE) and by how they learn (GREEDINESS), with image-retrieval evaluation on classes never seen in training."""
 
 __version__ = "0.1.0"
 
