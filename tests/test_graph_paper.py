@@ -29,7 +29,7 @@ def test_profiles():
     for name in GRAPH_PAPER_SUITES["graph_paper_colab"]:
         with pytest.raises(ValueError, match="no 'cpu' profile"): EXPERIMENTS[name].resolve("cpu")
         assert EXPERIMENTS[name].resolve("smoke").dataset == "fake"
-    for suite in ("graph_paper_table1", "graph_paper_table2"):
+    for suite in ("graph_paper_table1", "graph_paper_table2", "graph_paper_table2_tuned"):
         for name in GRAPH_PAPER_SUITES[suite]:
             assert len(EXPERIMENTS[name].resolve("cpu").seeds) >= 5
 
@@ -93,3 +93,26 @@ def test_smoke_runs_give_the_classifier_metrics(tmp_path):
     r = run_experiment("gsp_gsl_bottleneck_digits", profile="smoke", out_dir=None, progress=False,
                        verbose=False, figures=False)
     assert {"sil_euclid", "sil_angle"} <= set(r.metrics[0]) and r.embeddings.shape[1] == 2
+
+
+def test_tuning_grid_gives_both_losses_the_same_budget():
+    from structloss.graph_paper import TUNE_GRID, TUNE_LRS, TUNE_EPOCHS
+    assert SUITES["graph_paper_tune"]["members"] == [e.name for v in TUNE_GRID.values() for e in v]
+    for ce, gsl in zip(TUNE_GRID["ce"], TUNE_GRID["gsl"]):
+        for profile in ("smoke", "cpu", "colab"):
+            rc, rg = ce.resolve(profile), gsl.resolve(profile)
+            assert rc.train == rg.train and rc.seeds == rg.seeds
+            assert rc.dataset_kwargs == rg.dataset_kwargs
+        assert ce.resolve("cpu").train["epochs"] == TUNE_EPOCHS and len(ce.resolve("cpu").seeds) >= 5
+        assert ce.objective == {} and gsl.objective["ce_weight"] == 0.0
+    assert sorted({e.train["lr"] for e in TUNE_GRID["gsl"]}) == sorted(TUNE_LRS)
+    assert len(set(e.name for v in TUNE_GRID.values() for e in v)) == 2 * len(TUNE_LRS)
+
+
+def test_diagnostic_variants_differ_only_in_the_batch():
+    ref = EXPERIMENTS["gsp_gsl_mnist1d"].resolve("cpu")
+    bal = EXPERIMENTS["gsp_gsl_mnist1d_balanced"].resolve("cpu")
+    big = EXPERIMENTS["gsp_gsl_mnist1d_b400"].resolve("cpu")
+    assert bal.train == {**ref.train, "sampler": {"m": 10, "p": 10}}
+    assert big.train == {**ref.train, "batch_size": 400}
+    assert bal.objective == ref.objective == big.objective and bal.model == ref.model
