@@ -5,8 +5,9 @@
    cell runs without error (smoke mode), and the stored outputs stay those of the `cpu` profile.
 2. nbval ignores nbdev `#|` directives. -> `nbval` turns `#| eval: false` into nbval's `# NBVAL_SKIP`.
 3. MyST-NB (Jupyter Book) prints `#|` lines verbatim and does not hide `#| hide` cells. -> `book` writes copies
-   whose directives become MyST-NB cell tags (`remove-cell`, `remove-input`, `remove-output`) and whose `#|`
-   lines are stripped.
+   whose directives become MyST-NB cell tags (`remove-cell`, `remove-input`, `remove-output`; `#| headline`
+   becomes `headline`, a result the browser check keeps within the column) and whose `#|` lines are stripped.
+   `nbdev-clean` also strips the output metadata that names MyST-NB `glue` values; `book` restores it.
 
 The book command executes into the build, not the sources: `build-execute DEST` runs every chapter whose code
 (or the profile) changed since its last run and writes the executed copy to DEST (a cache keyed by a hash of
@@ -66,11 +67,36 @@ def _for_nbval(cell, directives, body) -> None:
     if _false(directives, "eval"): cell.source = "# NBVAL_SKIP\n" + cell.source
 
 
+_GLUE_MIME = "application/papermill.record/"
+_GLUE_CALL = re.compile(r"""\bglue\(\s*["']([^"'{}]+)["']""")
+
+
+def restore_glue(cell) -> int:
+    """Give MyST-NB back the names of a cell's `glue` outputs when `nbdev-clean` has stripped them.
+
+    `glue(name, value)` stores `value` as an output whose metadata `{"scrapbook": {"name": ...}}` names it, and
+    `nbdev-clean` drops output metadata unless `[tool.nbdev] allowed_out_metadata_keys = ["scrapbook"]` is set:
+    the book then cannot find the value of {glue:text}`name`. The names are recovered from the cell's literal
+    `glue("name", ...)` calls, in order; returns how many outputs were renamed (0 when the counts differ,
+    and the strict book build reports the missing key)."""
+    lost = [o for o in cell.get("outputs", []) if o.get("output_type") == "display_data"
+            and any(k.startswith(_GLUE_MIME) for k in o.get("data", {}))
+            and "scrapbook" not in o.get("metadata", {})]
+    names = _GLUE_CALL.findall(cell.source)
+    if not lost or len(names) != len(lost): return 0
+    for out, name in zip(lost, names):
+        out.setdefault("metadata", {})["scrapbook"] = {"name": name, "mime_prefix": _GLUE_MIME}
+    return len(lost)
+
+
 def _for_book(cell, directives, body) -> None:
+    restore_glue(cell)
     tags = set(cell.metadata.get("tags", []))
     if "hide" in directives or "default_exp" in directives or _false(directives, "include"): tags.add("remove-cell")
     if _false(directives, "echo"): tags.add("remove-input")
     if _false(directives, "output"): tags.add("remove-output")
+    if "headline" in directives: tags.add("headline")          # a headline result: tools/site_check.py
+                                                                # fails it when wider than the column
     cell.source = body
     if tags: cell.metadata["tags"] = sorted(tags)
 
