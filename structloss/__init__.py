@@ -2,6 +2,7 @@
 
 Modules:
 
+- `structloss.at_a_glance`: Every loss of the book moves the same toy batch on the circle, side by side and animated step by step, each panel with its VARIANCE and GREEDINESS numbers.
 - `structloss.contrastive`: Pull each sample towards the samples that share its label and push it from all others, through a softmax over cosine similarities: InfoNCE (NT-Xent) and supervised contrastive learning (SupCon).
 - `structloss.core`: The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results are stamped with their provenance, and how every loss and metric rejects bad input.
 - `structloss.data`: Datasets with fixed train/validation/test splits, the papers' image pipelines, and a two-view wrapper: the data half of the bench every experiment in the book runs on.
@@ -17,7 +18,8 @@ Modules:
 - `structloss.proxies`: Give each class a learnable vector (a proxy, a centre, a classifier weight) and compare every sample with the C class vectors instead of with the other samples of its batch.
 - `structloss.samplers`: A class-balanced batch sampler: every batch holds *P* classes with *m* samples each, and every sample is seen at least once per epoch.
 - `structloss.silhouette`: A differentiable silhouette coefficient (Todescato & Carbonera, 2026): each sample is pulled towards its own class and pushed from the nearest other class *as measured by class-average distances*, a global signal that complements pairwise losses. Computed from class sums in O(N·C·d).
-- `structloss.train`: One training loop for every experiment in the book — any objective, class-balanced or shuffled batches, one or two views, early stopping, a per-epoch history, checkpoints — and the evaluation every chapter reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and the silhouette."""
+- `structloss.train`: One training loop for every experiment in the book — any objective, class-balanced or shuffled batches, one or two views, early stopping, a per-epoch history, checkpoints — and the evaluation every chapter reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and the silhouette.
+- `structloss.which_loss`: A decision table read from the book's own results files: accuracy, retrieval, structure and cost of every experiment the book has run, each number linked to the chapter and run behind it."""
 
 __version__ = "0.1.0"
 
