@@ -1,12 +1,13 @@
 """Open every page of the built site in headless Chromium, as a reader would, and fail on what a Sphinx build
 cannot see: MathJax runs in the browser.
 
-Checks, per page: a MathJax error node (e.g. `\\tag` inside `split`); an equation left untypeset (raw TeX on the
-page, e.g. MathJax did not load); a display equation whose glyphs a reader cannot reach (clipped at the left,
-or cut off at the right of the column without a scrollbar); a console error or uncaught exception; a resource
-that fails to load (image, script, font: HTTP >= 400); an image that does not render; an internal link or
-`#anchor` that does not resolve; a headline result (a code cell tagged `headline`, `#| headline` in nbs/) whose
-code or output is wider than the content column. Other wide cells are counted, not failed.
+Checks, per page: a MathJax error node (e.g. `\\tag` inside `split`); an equation left untypeset (raw TeX on
+the page, e.g. MathJax did not load); a display equation whose glyphs a reader cannot reach (clipped at the
+left, or cut off at the right of the column without a scrollbar); a console error or uncaught exception; a
+resource that fails to load (image, script, font: HTTP >= 400, or a blocked external request); an image that
+does not render; an internal link or `#anchor` that does not resolve; an embedded animation that does not
+play; a headline result (a code cell tagged `headline`: `#| headline` in nbs/) whose code or output is wider
+than the content column. Other wide cells, and equations that fit only by scrolling, are notes (--notes).
 
 Chromium is driven through the DevTools protocol over a pipe (`--remote-debugging-pipe`): no extra Python
 package. Screenshots of each page (its top, and its first display equation) go to `--screenshots DIR`.
@@ -99,6 +100,19 @@ _PAGE_JS = r"""
     }
   }
   for (const w of wideEquations) notes.push(`equation scrolls sideways: ${w}`);
+  // An embedded animation (matplotlib's to_jshtml player) must play: press Play, the frame must change.
+  for (const anim of document.querySelectorAll(".animation")) {
+    const slider = anim.querySelector("input[type=range]"), img = anim.querySelector("img");
+    const play = [...anim.querySelectorAll("button")].find(b => b.title === "Play");
+    if (!slider || !img || !play) { problems.push("animation without its player (slider, image, Play)"); continue; }
+    const before = [slider.value, img.src];
+    play.click();
+    await wait(1500);
+    const pause = [...anim.querySelectorAll("button")].find(b => b.title === "Pause");
+    if (pause) pause.click();
+    if (slider.value === before[0] || img.src === before[1] || img.naturalWidth === 0)
+      problems.push("animation does not play (Play pressed, the frame did not change)");
+  }
   const links = [...document.querySelectorAll("a[href]")].map(a => a.href);
   const ids = [...document.querySelectorAll("[id], a[name]")].map(e => e.id || e.getAttribute("name"));
   const firstEq = document.querySelector('mjx-container[display="true"]');
