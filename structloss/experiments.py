@@ -413,7 +413,7 @@ def run_suite(suite: str, profile: str | None = None, out_dir: str | None = None
     return {name: run_or_load(name, profile, out_dir, rerun, **kwargs) for name in get_suite(suite)}
 
 def glue(name: str, value, display: bool = False):
-    "Store `value` for the book's prose (MyST-NB's `glue`, used as {glue:text}`name`); returns `value`."
+    "Store `value` under `name` for the book's prose (MyST-NB's `glue` role); returns `value`."
     try: from myst_nb import glue as _glue
     except ImportError: return value
     _glue(name, value, display=display)

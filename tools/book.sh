@@ -21,7 +21,7 @@ fi
 echo "==> preparing the book sources in _build/book_src (from $src)"
 rm -rf _build/book_src _build/html _build/.doctrees _build/jupyter_execute
 mkdir -p _build/book_src
-cp _config.yml _toc.yml _build/book_src/
+cp _config.yml _toc.yml references.bib _build/book_src/
 cp -r tools/site_static _build/book_src/_static
 python tools/notebooks.py book _build/book_src/nbs --from "$src"
 python tools/api_page.py _build/book_src/api.md
