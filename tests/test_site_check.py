@@ -1,9 +1,9 @@
-"""The browser check (tools/site_check.py) can fail: a copy of a built page with an injected MathJax error and a
-broken image is reported for both, while the untouched copy passes.
+"""The browser check (tools/site_check.py) can fail: a copy of a built page with an injected MathJax
+error and a broken image is reported for both, while the untouched copy passes.
 
-Needs the built site (_build/html, from `bash tools/book.sh`) and Chromium. Without them the test is skipped,
-unless STRUCTLOSS_REQUIRE_BROWSER=1 (the browser stage of tools/test.sh sets it after building the site and
-installing Chromium), where their absence is a failure."""
+Needs the built site (_build/html, from `bash tools/book.sh`) and Chromium. Without them the test is
+skipped, unless STRUCTLOSS_REQUIRE_BROWSER=1 (the browser stage of tools/test.sh sets it after
+building the site and installing Chromium), where their absence is a failure."""
 import os, shutil, sys
 from pathlib import Path
 import pytest
@@ -14,7 +14,7 @@ import site_check  # noqa: E402
 from site_post import dedupe_inline_scripts  # noqa: E402
 
 HTML = ROOT / "_build" / "html"
-PAGE = "nbs/01_geometry.html"              # a chapter with display and inline math, code and outputs
+PAGE = "nbs/01_geometry.html"         # a chapter with display and inline math, code and outputs
 REQUIRED = os.environ.get("STRUCTLOSS_REQUIRE_BROWSER") == "1"
 
 
@@ -36,22 +36,27 @@ def site(tmp_path_factory):
     (root / "nbs" / "clean.html").write_text(clean, encoding="utf-8")
     marker = '<section id="pairwise-distances">'
     assert marker in clean, "the page changed: pick another marker to inject before"
-    injected = ('<div class="math notranslate nohighlight">\\[\\begin{split} a = b \\tag{1} \\\\ c = d'
-                '\\end{split}\\]</div>\n<img alt="missing" src="../_images/no-such-figure.png">\n')
-    (root / "nbs" / "broken.html").write_text(clean.replace(marker, injected + marker, 1), encoding="utf-8")
+    injected = ('<div class="math notranslate nohighlight">'
+                '\\[\\begin{split} a = b \\tag{1} \\\\ c = d\\end{split}\\]</div>\n'
+                '<img alt="missing" src="../_images/no-such-figure.png">\n')
+    broken = clean.replace(marker, injected + marker, 1)
+    (root / "nbs" / "broken.html").write_text(broken, encoding="utf-8")
     return root
 
 
 def test_untouched_copy_passes(site):
     report = site_check.check_site(site, pages=["nbs/clean.html"], verbose=False)
-    problems = [p for p in report["nbs/clean.html"] if not p.startswith("broken link")]  # links leave the copy
+    # links to the rest of the book leave the copy: only those may be reported
+    problems = [p for p in report["nbs/clean.html"] if not p.startswith("broken link")]
     assert problems == []
 
 
 def test_injected_mathjax_error_and_broken_image_are_reported(site):
-    report = site_check.check_site(site, pages=["nbs/broken.html"], verbose=False)["nbs/broken.html"]
+    found = site_check.check_site(site, pages=["nbs/broken.html"], verbose=False)
+    report = found["nbs/broken.html"]
     assert any(p.startswith("MathJax error") and "split" in p for p in report), report
-    assert any(p.startswith("image does not load") and "no-such-figure.png" in p for p in report), report
+    assert any(p.startswith("image does not load") and "no-such-figure.png" in p
+               for p in report), report
     assert any(p.startswith("HTTP 404") and "no-such-figure.png" in p for p in report), report
 
 
@@ -66,6 +71,6 @@ def test_missing_site_is_a_clear_error(tmp_path):
 
 
 def test_dedupe_inline_scripts():
-    page = "<head>\n<script>const A = 1</script>\n<script src='x.js'></script>\n<script>const A = 1</script>\n"
-    assert dedupe_inline_scripts(page) == "<head>\n<script>const A = 1</script>\n<script src='x.js'></script>\n"
+    a, src = "<script>const A = 1</script>\n", "<script src='x.js'></script>\n"
+    assert dedupe_inline_scripts("<head>\n" + a + src + a) == "<head>\n" + a + src
     assert dedupe_inline_scripts("<script>a</script>\n<script>b</script>\n").count("<script>") == 2

@@ -1,22 +1,25 @@
-"""Open every page of the built site in headless Chromium, as a reader would, and fail on what a Sphinx build
-cannot see: MathJax runs in the browser.
+"""Open every page of the built site in headless Chromium, as a reader would, and fail on what a
+Sphinx build cannot see: MathJax runs in the browser.
 
-Checks, per page: a MathJax error node (e.g. `\\tag` inside `split`); an equation left untypeset (raw TeX on
-the page, e.g. MathJax did not load); a display equation whose glyphs a reader cannot reach (clipped at the
-left, or cut off at the right of the column without a scrollbar); a console error or uncaught exception; a
-resource that fails to load (image, script, font: HTTP >= 400, or a blocked external request); an image that
-does not render; an internal link or `#anchor` that does not resolve; an embedded animation that does not
-play; a headline result (a code cell tagged `headline`: `#| headline` in nbs/) whose code or output is wider
-than the content column. Other wide cells, and equations that fit only by scrolling, are notes (--notes).
+Checks, per page: a MathJax error node (e.g. `\\tag` inside `split`); an equation left untypeset
+(raw TeX on the page, e.g. MathJax did not load); a display equation whose glyphs a reader cannot
+reach (clipped at the left, or cut off at the right of the column without a scrollbar); a console
+error or uncaught exception; a resource that fails to load (image, script, font: HTTP >= 400, or a
+blocked external request); an image that does not render; an internal link or `#anchor` that does
+not resolve; an embedded animation that does not play; a headline result (a code cell tagged
+`headline`: `#| headline` in nbs/) whose code or output is wider than the content column. Other
+wide cells, and equations that fit only by scrolling, are notes (--notes).
 
-Chromium is driven through the DevTools protocol over a pipe (`--remote-debugging-pipe`): no extra Python
-package. Screenshots of each page (its top, and its first display equation) go to `--screenshots DIR`.
+Chromium is driven through the DevTools protocol over a pipe (`--remote-debugging-pipe`): no extra
+Python package. Screenshots of each page (its top, and its first display equation) go to
+`--screenshots DIR`.
 
 Usage: python tools/site_check.py [HTML_DIR] [--screenshots DIR] [--page REL ...] [--notes]
 Exit status 1 when any page has a problem.
 """
 from __future__ import annotations
-import base64, functools, http.server, json, os, re, shutil, subprocess, sys, tempfile, threading, time
+import base64, functools, http.server, json, os, re, shutil, subprocess, sys, tempfile
+import threading, time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -24,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WIDTH, HEIGHT = 1280, 900
 
-# Runs in the page once it has loaded; returns every problem the DOM shows, plus the page's links and ids.
+# Runs in the page once it has loaded: every problem the DOM shows, plus the page's links and ids.
 _PAGE_JS = r"""
 (async () => {
   const wait = (ms) => new Promise(r => setTimeout(r, ms));
@@ -32,7 +35,8 @@ _PAGE_JS = r"""
     try { await MathJax.startup.promise; } catch (e) { console.error("MathJax startup: " + e); }
   }
   await Promise.all([...document.images].map(img => img.complete ? null :
-    new Promise(r => { img.addEventListener("load", r); img.addEventListener("error", r); setTimeout(r, 5000); })));
+    new Promise(r => { img.addEventListener("load", r); img.addEventListener("error", r);
+                       setTimeout(r, 5000); })));
   try { await document.fonts.ready; } catch (e) {}
   await wait(50);
   const problems = [];
@@ -45,8 +49,9 @@ _PAGE_JS = r"""
   };
   for (const c of document.querySelectorAll("mjx-container")) {
     const err = c.querySelector("mjx-merror, [data-mjx-error]");
-    if (err) problems.push(`MathJax error "${err.getAttribute("data-mjx-error") || short(err.textContent)}" in: ` +
-                           short(texOf(c)));
+    if (!err) continue;
+    const what = err.getAttribute("data-mjx-error") || short(err.textContent);
+    problems.push(`MathJax error "${what}" in: ` + short(texOf(c)));
   }
   const skip = "pre, code, script, style, textarea, mjx-container, mjx-assistive-mml, .highlight";
   for (const el of document.querySelectorAll(".math")) {
@@ -57,9 +62,11 @@ _PAGE_JS = r"""
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     const p = n.parentElement;
     if (!p || p.closest(skip) || p.closest(".math")) continue;
-    if (/\\\(|\\\[|\\begin\{|\$\$/.test(n.textContent)) problems.push(`raw TeX on the page: ${short(n.textContent)}`);
+    if (/\\\(|\\\[|\\begin\{|\$\$/.test(n.textContent))
+      problems.push(`raw TeX on the page: ${short(n.textContent)}`);
   }
-  const article = document.querySelector("article.bd-article") || document.querySelector("[role=main]") || document.body;
+  const article = document.querySelector("article.bd-article") ||
+                  document.querySelector("[role=main]") || document.body;
   const col = article.getBoundingClientRect();
   const wideEquations = [];
   for (const c of document.querySelectorAll('mjx-container[display="true"]')) {
@@ -75,36 +82,44 @@ _PAGE_JS = r"""
                     ["auto", "scroll"].includes(getComputedStyle(c.parentElement).overflowX);
     const edge = Math.max(box.left, col.left);
     if (left < edge - 1)
-      problems.push(`equation clipped at the left by ${Math.round(edge - left)} px: ${short(texOf(c))}`);
+      problems.push(`equation clipped at the left by ${Math.round(edge - left)} px: ` +
+                    short(texOf(c)));
     else if (right > col.right + 1 && !scrolls)
-      problems.push(`equation cut off at the right by ${Math.round(right - col.right)} px: ${short(texOf(c))}`);
+      problems.push(`equation cut off at the right by ${Math.round(right - col.right)} px: ` +
+                    short(texOf(c)));
     else if (c.scrollWidth > c.clientWidth + 1) wideEquations.push(short(texOf(c)));
   }
   for (const img of document.images) {
-    if (!img.complete || img.naturalWidth === 0) problems.push(`image does not load: ${img.getAttribute("src")}`);
+    if (!img.complete || img.naturalWidth === 0)
+      problems.push(`image does not load: ${img.getAttribute("src")}`);
   }
-  // Code cells wider than the column: a problem for headline results (cells tagged `headline`), a note elsewhere.
+  // Code cells wider than the column: a problem for headline results (cells tagged `headline`),
+  // a note elsewhere.
   const notes = [];
   for (const cell of document.querySelectorAll("div.cell")) {
     const headline = cell.classList.contains("tag_headline");
-    for (const el of cell.querySelectorAll(".cell_input pre, .cell_output pre, .cell_output table, .cell_output img")) {
+    const parts = ".cell_input pre, .cell_output pre, .cell_output table, .cell_output img";
+    for (const el of cell.querySelectorAll(parts)) {
       if (el.closest(".animation")) continue;
       const wide = Math.max(el.scrollWidth, el.getBoundingClientRect().width);
       if (wide > col.width + 2) {
         const what = el.closest(".cell_input") ? "code" : "output";
-        const msg = `${headline ? "headline " : ""}${what} wider than the column (${Math.round(wide)} > ` +
-                    `${Math.round(col.width)} px): ${short(el.textContent || el.getAttribute("src"))}`;
+        const size = `${Math.round(wide)} > ${Math.round(col.width)} px`;
+        const msg = `${headline ? "headline " : ""}${what} wider than the column (${size}): ` +
+                    short(el.textContent || el.getAttribute("src"));
         (headline ? problems : notes).push(msg);
         break;
       }
     }
   }
   for (const w of wideEquations) notes.push(`equation scrolls sideways: ${w}`);
-  // An embedded animation (matplotlib's to_jshtml player) must play: press Play, the frame must change.
+  // An embedded animation (matplotlib's to_jshtml player) must play: press Play, the frame changes.
   for (const anim of document.querySelectorAll(".animation")) {
     const slider = anim.querySelector("input[type=range]"), img = anim.querySelector("img");
     const play = [...anim.querySelectorAll("button")].find(b => b.title === "Play");
-    if (!slider || !img || !play) { problems.push("animation without its player (slider, image, Play)"); continue; }
+    if (!slider || !img || !play) {
+      problems.push("animation without its player (slider, image, Play)"); continue;
+    }
     const before = [slider.value, img.src];
     play.click();
     await wait(1500);
@@ -114,11 +129,12 @@ _PAGE_JS = r"""
       problems.push("animation does not play (Play pressed, the frame did not change)");
   }
   const links = [...document.querySelectorAll("a[href]")].map(a => a.href);
-  const ids = [...document.querySelectorAll("[id], a[name]")].map(e => e.id || e.getAttribute("name"));
+  const ids = [...document.querySelectorAll("[id], a[name]")]
+    .map(e => e.id || e.getAttribute("name"));
   const firstEq = document.querySelector('mjx-container[display="true"]');
   let eqY = null;
   if (firstEq) eqY = firstEq.getBoundingClientRect().top + window.scrollY;
-  return JSON.stringify({problems, notes, links, ids, eqY, height: document.documentElement.scrollHeight});
+  return JSON.stringify({problems, notes, links, ids, eqY});
 })()
 """
 
@@ -142,7 +158,7 @@ def find_browser() -> str | None:
 
 
 class Browser:
-    "Headless Chromium driven with the DevTools protocol over `--remote-debugging-pipe` (NUL-separated JSON)."
+    "Headless Chromium driven by the DevTools protocol over `--remote-debugging-pipe` (JSON + NUL)."
 
     def __init__(self, executable: str):
         self.profile = tempfile.mkdtemp(prefix="site_check_")
@@ -150,9 +166,10 @@ class Browser:
         self._from_chrome, from_chrome_w = os.pipe()
         def plumbing():                                   # Chromium reads fd 3, writes fd 4
             os.dup2(to_chrome_r, 3); os.dup2(from_chrome_w, 4)
-        args = [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--remote-debugging-pipe", "--no-first-run", "--no-default-browser-check",
-                "--disable-extensions", "--hide-scrollbars", "--mute-audio", f"--window-size={WIDTH},{HEIGHT}",
+        args = [executable, "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--remote-debugging-pipe", "--no-first-run",
+                "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
+                "--mute-audio", f"--window-size={WIDTH},{HEIGHT}",
                 f"--user-data-dir={self.profile}", "about:blank"]
         self.proc = subprocess.Popen(args, preexec_fn=plumbing, close_fds=False,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -175,7 +192,8 @@ class Browser:
         with self._cond:
             self._closed = True; self._cond.notify_all()
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60):
+    def send(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 60):
         with self._cond:
             self._next += 1; mid = self._next
         msg = {"id": mid, "method": method, "params": params or {}}
@@ -185,7 +203,8 @@ class Browser:
         with self._cond:
             while mid not in self._replies:
                 if getattr(self, "_closed", False): raise RuntimeError("Chromium exited")
-                if not self._cond.wait(max(0.0, deadline - time.monotonic())) and time.monotonic() > deadline:
+                left = deadline - time.monotonic()
+                if not self._cond.wait(max(0.0, left)) and time.monotonic() > deadline:
                     raise TimeoutError(f"no reply to {method} within {timeout} s")
             reply = self._replies.pop(mid)
         if "error" in reply: raise RuntimeError(f"{method}: {reply['error']}")
@@ -195,7 +214,8 @@ class Browser:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                if any(e.get("method") == method and e.get("sessionId") == session for e in self.events[since:]):
+                if any(e.get("method") == method and e.get("sessionId") == session
+                       for e in self.events[since:]):
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0: return False
@@ -215,27 +235,32 @@ def _event_problems(events: list[dict], base: str) -> list[str]:
     for e in events:
         m, p = e.get("method"), e.get("params", {})
         if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            text = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+            text = " ".join(str(a.get("value", a.get("description", "")))
+                            for a in p.get("args", []))
             out.append(f"console error: {text[:200]}")
         elif m == "Runtime.exceptionThrown":
             d = p.get("exceptionDetails", {})
-            out.append(f"uncaught exception: {d.get('exception', {}).get('description', d.get('text', ''))[:200]}")
+            what = d.get("exception", {}).get("description", d.get("text", ""))
+            out.append(f"uncaught exception: {what[:200]}")
         elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error" \
                 and "favicon.ico" not in p["entry"].get("url", ""):
             entry = p["entry"]
-            out.append(f"console error: {entry.get('text', '')[:160]} {entry.get('url', '')[len(base):]}".rstrip())
-        elif m == "Log.entryAdded" or (m == "Network.responseReceived" and "favicon.ico" in p["response"]["url"]):
-            continue                       # the browser's own favicon probe is no resource of the page
+            url = entry.get("url", "")[len(base):]
+            out.append(f"console error: {entry.get('text', '')[:160]} {url}".rstrip())
+        elif m == "Log.entryAdded" or (m == "Network.responseReceived"
+                                       and "favicon.ico" in p["response"]["url"]):
+            continue                # the browser's own favicon probe is no resource of the page
         elif m == "Network.responseReceived" and p.get("response", {}).get("status", 200) >= 400:
             r = p["response"]
-            out.append(f"HTTP {r['status']} for {r['url'][len(base):] if r['url'].startswith(base) else r['url']}")
+            url = r["url"][len(base):] if r["url"].startswith(base) else r["url"]
+            out.append(f"HTTP {r['status']} for {url}")
         elif m == "Network.loadingFailed" and not p.get("canceled"):
             out.append(f"request failed: {p.get('errorText', '')}")
     return list(dict.fromkeys(out))
 
 
 def _summarise(problems: list[str], keep: int = 4) -> list[str]:
-    "At most `keep` problems of each kind (the text before the first colon), then a count of the rest."
+    "At most `keep` problems of each kind (the text before the first colon), then a count."
     kinds: dict[str, list[str]] = {}
     for p in problems: kinds.setdefault(p.split(":")[0].split(" by ")[0], []).append(p)
     out = []
@@ -246,7 +271,7 @@ def _summarise(problems: list[str], keep: int = 4) -> list[str]:
 
 
 def pages_of(html_dir: Path) -> list[str]:
-    "Every HTML page of the site (relative paths), landing page first; Sphinx's _static/_sources skipped."
+    "Every HTML page of the site (relative paths), landing page first; _static/ etc. skipped."
     found = sorted(p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html")
                    if not any(part.startswith("_") for part in p.relative_to(html_dir).parts[:-1]))
     return sorted(found, key=lambda p: (p != "index.html", p))
@@ -265,18 +290,21 @@ def _target_ok(html_dir: Path, rel: str, anchor: str, ids: dict[str, set]) -> st
     return None if anchor in known else f"no anchor #{anchor}"
 
 
-def check_site(html_dir: Path | str, pages: list[str] | None = None, screenshots: Path | str | None = None,
+def check_site(html_dir: Path | str, pages: list[str] | None = None,
+               screenshots: Path | str | None = None,
                browser: str | None = None, verbose: bool = True,
                notes: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-    """Open `pages` (default: every page) of the site in `html_dir` in headless Chromium: {page: [problem, ...]}.
-    `notes`, when given, receives {page: [remark, ...]}: wide cells that are not headline results, and
-    equations that fit only by scrolling sideways."""
+    """Open `pages` (default: every page) of the site in `html_dir` in headless Chromium:
+    `{page: [problem, ...]}`. `notes`, when given, receives `{page: [remark, ...]}`: wide cells
+    that are not headline results, and equations that fit only by scrolling sideways."""
     html_dir = Path(html_dir).resolve()
     if not (html_dir / "index.html").exists() and pages is None:
-        raise ValueError(f"html_dir={html_dir} has no index.html: build the site first (bash tools/book.sh)")
+        raise ValueError(f"html_dir={html_dir} has no index.html: build the site first "
+                         f"(bash tools/book.sh)")
     executable = browser or find_browser()
     if executable is None:
-        raise RuntimeError("no Chromium found: apt-get install chromium (or set CHROMIUM=/path/to/chrome)")
+        raise RuntimeError("no Chromium found: apt-get install chromium "
+                           "(or set CHROMIUM=/path/to/chrome)")
     pages = pages or pages_of(html_dir)
     if screenshots: Path(screenshots).mkdir(parents=True, exist_ok=True)
     server, base = serve(html_dir)
@@ -287,7 +315,8 @@ def check_site(html_dir: Path | str, pages: list[str] | None = None, screenshots
     notes = {} if notes is None else notes
     try:
         target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        attached = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})
+        session = attached["sessionId"]
         for method in ("Page.enable", "Runtime.enable", "Log.enable", "Network.enable"):
             chrome.send(method, session=session)
         chrome.send("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": HEIGHT,
@@ -299,10 +328,11 @@ def check_site(html_dir: Path | str, pages: list[str] | None = None, screenshots
             problems = []
             if not chrome.wait_event("Page.loadEventFired", session, since, timeout=60):
                 problems.append("page did not finish loading within 60 s")
-            for attempt in range(3):                           # a redirect page navigates on by itself
+            evaluate = {"expression": _PAGE_JS, "awaitPromise": True, "returnByValue": True,
+                        "timeout": 60000}
+            for attempt in range(3):                 # a redirect page navigates on by itself
                 try:
-                    res = chrome.send("Runtime.evaluate", {"expression": _PAGE_JS, "awaitPromise": True,
-                                      "returnByValue": True, "timeout": 60000}, session=session, timeout=90)
+                    res = chrome.send("Runtime.evaluate", evaluate, session=session, timeout=90)
                     break
                 except RuntimeError as e:
                     if "navigated" not in str(e) or attempt == 2: raise
@@ -314,24 +344,28 @@ def check_site(html_dir: Path | str, pages: list[str] | None = None, screenshots
             else:
                 found = json.loads(res["result"]["value"])
             time.sleep(0.1)                                   # late console messages
-            with chrome._cond: events = [e for e in chrome.events[since:] if e.get("sessionId") == session]
+            with chrome._cond:
+                events = [e for e in chrome.events[since:] if e.get("sessionId") == session]
             problems += _summarise(found["problems"]) + _event_problems(events, base)
             links[page], ids[page] = found["links"], set(found["ids"])
             notes[page] = found.get("notes", [])
             if screenshots:
                 stem = page[:-len(".html")].replace("/", "__")
                 shots = [(f"{stem}.png", 0)]
-                if found["eqY"] is not None: shots.append((f"{stem}-math.png", max(0, found["eqY"] - 150)))
+                if found["eqY"] is not None:
+                    shots.append((f"{stem}-math.png", max(0, found["eqY"] - 150)))
                 for name, y in shots:
-                    chrome.send("Runtime.evaluate", {"expression": f"window.scrollTo(0, {y})"}, session=session)
+                    chrome.send("Runtime.evaluate", {"expression": f"window.scrollTo(0, {y})"},
+                                session=session)
                     time.sleep(0.05)
-                    png = chrome.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+                    png = chrome.send("Page.captureScreenshot", {"format": "png"},
+                                      session=session)["data"]
                     (Path(screenshots) / name).write_bytes(base64.b64decode(png))
             report[page] = problems
             if verbose:
-                print(f"  {page}: {'ok' if not problems else f'{len(problems)} problem(s)'}"
-                      f"{f', {len(notes[page])} note(s): wide cells (not headline) or equations' if notes[page] else ''} "
-                      f"({time.monotonic() - t0:.1f} s)", flush=True)
+                state = "ok" if not problems else f"{len(problems)} problem(s)"
+                if notes[page]: state += f", {len(notes[page])} note(s) (wide cells, equations)"
+                print(f"  {page}: {state} ({time.monotonic() - t0:.1f} s)", flush=True)
     finally:
         chrome.close()
         server.shutdown()
@@ -339,7 +373,8 @@ def check_site(html_dir: Path | str, pages: list[str] | None = None, screenshots
         for href in dict.fromkeys(hrefs):
             if not href.startswith(base): continue
             parts = urlsplit(href)
-            why = _target_ok(html_dir, unquote(parts.path[len(urlsplit(base).path):]), unquote(parts.fragment), ids)
+            rel = unquote(parts.path[len(urlsplit(base).path):])
+            why = _target_ok(html_dir, rel, unquote(parts.fragment), ids)
             if why: report[page].append(f"broken link {href[len(base):]}: {why}")
     return report
 
@@ -359,14 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     print(f"==> opening the pages of {html_dir} in headless Chromium", flush=True)
     notes: dict[str, list[str]] = {}
-    report = check_site(html_dir, pages=only or None, screenshots=shots[0] if shots else None, notes=notes)
+    report = check_site(html_dir, pages=only or None, screenshots=shots[0] if shots else None,
+                        notes=notes)
     for page, remarks in notes.items():
-        if show_notes and remarks: print(f"notes on {page}:", *[f"    - {r}" for r in remarks], sep="\n")
+        if show_notes and remarks:
+            print(f"notes on {page}:", *[f"    - {r}" for r in remarks], sep="\n")
     bad = {p: v for p, v in report.items() if v}
     for page, problems in bad.items():
         print(f"FAILED {page}:")
         for p in problems: print(f"    - {p}")
-    print(f"{len(report)} pages, {sum(map(len, bad.values()))} problems, {time.monotonic() - t0:.0f} s"
+    n_problems = sum(map(len, bad.values()))
+    print(f"{len(report)} pages, {n_problems} problems, {time.monotonic() - t0:.0f} s"
           + (f"; screenshots in {shots[0]}" if shots else ""))
     return 1 if bad else 0
 
