@@ -132,6 +132,8 @@ class LatentBoostLoss(ClusterLoss):
                  singleton_variance: str = "pooled",  # σ_C² of a one-sample cluster: "pooled" (eq. 1) or "eps"
                  beta_placement: str = "exponent",    # β multiplies the exponent ("exponent") or the sum ("factor")
                  hinge: bool = True,             # apply {.}_+ as in Rippel et al.
+                 detach_variance: bool = False,  # hold every σ_C² constant in backward (not literal)
+                 warmup_epochs: int = 0,         # epochs before E = 0 of eq. 10 (CE-only warm-up)
                 ):
         super().__init__()
         if not 0 < threshold <= 1: raise ValueError(f"`threshold` (T) must lie in (0, 1]; got {threshold}.")
@@ -141,15 +143,24 @@ class LatentBoostLoss(ClusterLoss):
         if beta_placement not in BETA_PLACEMENTS:
             raise ValueError(f"`beta_placement` must be one of {BETA_PLACEMENTS}; got {beta_placement!r}.")
         self.alpha0, self.beta0, self.threshold, self.eps = float(alpha0), float(beta0), float(threshold), float(eps)
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) \
+                or warmup_epochs < 0:
+            raise ValueError(f"`warmup_epochs` must be an int >= 0; got {warmup_epochs!r}.")
         self.pca, self.detach_pca, self.hinge = pca, detach_pca, hinge
+        self.detach_variance, self.warmup_epochs = bool(detach_variance), warmup_epochs
         self.singleton_variance, self.beta_placement = singleton_variance, beta_placement
         self.epoch, self.num_epochs = 0, 1
         self.last_dim = None  # dim chosen by eq. 8 on the last batch (a 0-dim tensor; no host sync)
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
-        "Set E = `epoch` (from 0) and E_total = `num_epochs` for the schedules of eq. 10; call once per epoch."
-        latent_boost_schedule(epoch, num_epochs)  # validates
-        self.epoch, self.num_epochs = int(epoch), int(num_epochs)
+        "Set the epoch (from 0) of `num_epochs`; eq. 10 sees E and E_total after the warm-up."
+        latent_boost_schedule(epoch, num_epochs)  # validates the training epoch
+        if num_epochs <= self.warmup_epochs:
+            raise ValueError(f"`num_epochs` ({num_epochs}) must exceed `warmup_epochs` "
+                             f"({self.warmup_epochs}): "
+                             f"eq. 10 needs E_total = num_epochs - warmup_epochs >= 1.")
+        E, E_total = max(epoch - self.warmup_epochs, 0), num_epochs - self.warmup_epochs
+        self.epoch, self.num_epochs = int(E), int(E_total)
 
     @property
     def alpha(self) -> float: return latent_boost_schedule(self.epoch, self.num_epochs, self.alpha0, self.beta0, self.eps)[0]
@@ -157,12 +168,17 @@ class LatentBoostLoss(ClusterLoss):
     def beta(self) -> float: return latent_boost_schedule(self.epoch, self.num_epochs, self.alpha0, self.beta0, self.eps)[1]
 
     def cluster_variances(self, r, ids, K, d_own):
-        "`[K]` σ_C² of eq. 9 (singletons by `singleton_variance`), floored at ε."
+        "`[K]` σ_C² of eq. 9 (singletons: `singleton_variance`), floored at ε; `detach_variance`: constants."
+        if self.detach_variance: d_own = d_own.detach()
         n_C = class_counts(ids, K, dtype=r.dtype)                                     # (K,) |C|
         ss = torch.zeros(K, dtype=r.dtype, device=r.device).index_add(0, ids, d_own)  # (K,) sum ||r'_i - mu'_C||^2
         var = ss / (n_C - 1).clamp_min(1)                                             # (K,) eq. 9
         fallback = d_own.sum() / (len(r) - 1) if self.singleton_variance == "pooled" else torch.zeros_like(var)
         return torch.where(n_C > 1, var, fallback).clamp_min(self.eps)
+
+    def extra_logs(self) -> dict:
+        "What an `Objective` logs beside the loss: `dim`, components eq. 8 kept on the last batch."
+        return {} if self.last_dim is None else {"dim": self.last_dim}
 
     def hinge_arguments(self, embeddings, labels, cluster_labels=None):
         alpha, beta = self.alpha, self.beta                                           # eq. 10

@@ -16,7 +16,7 @@ from .contrastive import flatten_views
 
 # %% auto #0
 __all__ = ['RESERVED_NAMES', 'term_name', 'Objective', 'cross_entropy', 'ce_plus', 'loss_only', 'silhouette_objective',
-           'latent_boost']
+           'after_warmup', 'latent_boost']
 
 # %% ../nbs/16_objectives.ipynb #1d835e05
 RESERVED_NAMES = ("ce", "total")
@@ -149,6 +149,9 @@ class Objective(torch.nn.Module):
             accepts_views = getattr(loss, "accepts_views", False)
             value = loss(embeddings, labels) if accepts_views else loss(flat, flat_labels)
             logs[name] = value.detach()
+            if callable(getattr(loss, "extra_logs", None)):  # e.g. Latent Boost's PCA dimension
+                for k, v in loss.extra_logs().items():
+                    logs[f"{name}_{k}"] = torch.as_tensor(v).detach()
             value = value.to(torch.promote_types(value.dtype, torch.float32))
             total = w * value if total is None else total + w * value
         if total is None:                                                      # every weight is 0 at this epoch
@@ -214,16 +217,26 @@ def silhouette_objective(weight: float = 1.0, # lambda of the silhouette term (n
     terms["silhouette"] = (SoftSilhouetteLoss(**(silhouette_kwargs or {})), weight)
     return Objective(terms, ce_weight=ce_weight, views=2 if supcon2 else None)
 
+def after_warmup(warmup_epochs: int):
+    "A weight schedule: 0 for the first `warmup_epochs` epochs, 1 after."
+    def weight(epoch: int, num_epochs: int) -> float: return 0.0 if epoch < warmup_epochs else 1.0
+    weight.__name__ = f"after_warmup_{warmup_epochs}"
+    return weight
+
 def latent_boost(loss: torch.nn.Module | None = None, # L_dist; default `LatentBoostLoss(**loss_kwargs)`
                  lam: float = 0.75, # lambda in eq. 5 / 11 (best on Fashion-MNIST and CIFAR-10, Table 3)
                  name: str | None = None, # log name; default from the class name
+                 warmup_epochs: int = 0, # CE-only epochs first (Section 6.3); eq. 10 starts after
                  **loss_kwargs,
                 ) -> Objective:
-    "`lam * loss + (1 - lam) * CE` (Latent Boost eqs. 5 and 11); the default loss is `LatentBoostLoss`."
+    "`lam * loss + (1 - lam) * CE` (Latent Boost eqs. 5 and 11) after `warmup_epochs` of CE alone."
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        raise ValueError(f"`warmup_epochs` must be an int >= 0; got {warmup_epochs!r}.")
     if loss is None:
         from structloss.magnet import LatentBoostLoss
-        loss = LatentBoostLoss(**loss_kwargs)
+        loss = LatentBoostLoss(warmup_epochs=warmup_epochs, **loss_kwargs)
     elif loss_kwargs:
         raise TypeError(f"Extra keyword arguments {sorted(loss_kwargs)} are for the default LatentBoostLoss; "
                         f"configure `loss` yourself instead.")
-    return Objective({name or term_name(loss): (loss, 1.0)}, mix=lam)
+    weight = after_warmup(warmup_epochs) if warmup_epochs else 1.0
+    return Objective({name or term_name(loss): (loss, weight)}, mix=lam)

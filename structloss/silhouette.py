@@ -15,7 +15,8 @@ from .geometry import check_metric
 from .metrics import silhouette_parts
 
 # %% auto #0
-__all__ = ['SOFT_MINS', 'LOSS_FORMS', 'smooth_max', 'soft_silhouette_samples', 'SoftSilhouetteLoss']
+__all__ = ['SOFT_MINS', 'TEMPERATURE_SCALES', 'LOSS_FORMS', 'smooth_max', 'distance_scale', 'soft_silhouette_samples',
+           'SoftSilhouetteLoss']
 
 # %% ../nbs/10_silhouette.ipynb #bf085a4d
 def smooth_max(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,82 +25,111 @@ def smooth_max(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Te
 
 # %% ../nbs/10_silhouette.ipynb #096adeb7
 SOFT_MINS = ("logsumexp", "softmax")
+TEMPERATURE_SCALES = ("absolute", "relative")
 
-def _soft_silhouette(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, softmin_temperature: float | None = None,
-                     metric: str = "cosine", soft_min: str = "softmax", eps: float = 1e-8, num_classes: int | None = None):
-    "Eqs. 7-13 on checked float inputs: (s_tilde `[N]`, defined `[N]`, singleton with other classes `[N]`)."
+def distance_scale(d_ic: torch.Tensor, # d(i, c) [N, C] (eq. 9)
+                   other: torch.Tensor, # mask of the other classes present [N, C]
+                  ) -> torch.Tensor:
+    "The batch's distance scale: mean d(i, c) over samples i and other classes c, detached (0-dim)."
+    w = other.to(d_ic.dtype)
+    return ((d_ic.detach() * w).sum() / w.sum().clamp_min(1)).clamp_min(1e-12)  # no host sync
+
+def _soft_silhouette(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
+                     softmin_temperature: float | None = None, metric: str = "cosine",
+                     soft_min: str = "softmax", eps: float = 1e-8, num_classes: int | None = None,
+                     temperature_scale: str = "absolute"):
+    "Eqs. 7-13 on checked inputs: (s_tilde, defined, singleton with other classes), each `[N]`."
     tau = temperature
     beta = temperature if softmin_temperature is None else softmin_temperature
-    a, d_ic, other, n_own = silhouette_parts(z, labels, metric, num_classes)   # eqs. 8-9, (N,), (N, C), (N, C), (N,)
+    a, d_ic, other, n_own = silhouette_parts(z, labels, metric, num_classes)  # eqs. 8-9
+    if temperature_scale == "relative":             # tau, beta in units of the batch's d(i, c)
+        scale = distance_scale(d_ic, other)
+        tau, beta = tau * scale, beta * scale
     has_other = other.any(1)
     logits = (-d_ic / beta).masked_fill(~other, float("-inf"))
     logits = torch.where(has_other[:, None], logits, torch.zeros_like(logits))   # keep rows finite
     if soft_min == "logsumexp":
         b = -beta * torch.logsumexp(logits, dim=1)                  # eq. 10a (log-sum-exp soft-min)
     else:
-        b = (torch.softmax(logits, dim=1) * d_ic.masked_fill(~other, 0)).sum(1)  # eq. 10b (weighted soft-min)
+        b = (torch.softmax(logits, dim=1) * d_ic.masked_fill(~other, 0)).sum(1)  # eq. 10b
     defined = (n_own > 1) & has_other
     s = (b - a) / (smooth_max(a, b, tau) + eps)                     # eqs. 11', 13
     return torch.where(defined, s, torch.zeros_like(s)), defined, (n_own == 1) & has_other
 
-def _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps):
+def _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps,
+                                temperature_scale="absolute"):
     check_metric(metric)
-    if soft_min not in SOFT_MINS: raise ValueError(f"`soft_min` must be one of {SOFT_MINS}; got {soft_min!r}.")
+    if soft_min not in SOFT_MINS:
+        raise ValueError(f"`soft_min` must be one of {SOFT_MINS}; got {soft_min!r}.")
+    if temperature_scale not in TEMPERATURE_SCALES:
+        raise ValueError(f"`temperature_scale` must be one of {TEMPERATURE_SCALES}; "
+                         f"got {temperature_scale!r}.")
     for name, value in (("temperature", temperature), ("softmin_temperature", softmin_temperature)):
-        if value is not None and not value > 0: raise ValueError(f"`{name}` must be > 0; got {value!r}.")
+        if value is not None and not value > 0:
+            raise ValueError(f"`{name}` must be > 0; got {value!r}.")
     if not eps >= 0: raise ValueError(f"`eps` must be >= 0; got {eps!r}.")
 
 # %% ../nbs/10_silhouette.ipynb #e3a7a58f
 def soft_silhouette_samples(embeddings: torch.Tensor, labels: torch.Tensor,
                             temperature: float = 0.1, # tau, smooth-max temperature (eq. 11)
-                            softmin_temperature: float | None = None, # beta, soft-min smoothness (eq. 10); None: tau
-                            metric: str = "cosine", # d (eq. 7): "cosine", "sqeuclidean" or "euclidean"
-                            soft_min: str = "softmax", # form of eq. 10: "softmax" (10b) or "logsumexp" (10a)
+                            softmin_temperature: float | None = None, # beta (eq. 10); None: tau
+                            metric: str = "cosine", # d (eq. 7): cosine, sqeuclidean, euclidean
+                            soft_min: str = "softmax", # eq. 10: "softmax" (10b), "logsumexp" (10a)
                             eps: float = 1e-8, # guard in the denominator of eq. 13
-                            num_classes: int | None = None, # labels are ids in [0, num_classes): skips torch.unique
+                            num_classes: int | None = None, # ids in [0, num_classes): no unique
+                            temperature_scale: str = "absolute", # "relative": x batch's d(i, c)
                            ) -> torch.Tensor:
-    "Soft silhouette `s~(i)` of each sample (eq. 13); 0 for a sample without class-mates or without other classes."
-    _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps)
+    "Soft silhouette `s~(i)` of each sample (eq. 13); 0 without class-mates or other classes."
+    _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps,
+                                temperature_scale)
     check_embeddings_labels(embeddings, labels)
     z = embeddings.to(compute_dtype(embeddings))
-    s, _, _ = _soft_silhouette(z, labels, temperature, softmin_temperature, metric, soft_min, eps, num_classes)
+    s, _, _ = _soft_silhouette(z, labels, temperature, softmin_temperature, metric, soft_min, eps,
+                               num_classes, temperature_scale)
     return s.to(embeddings.dtype)
 
 # %% ../nbs/10_silhouette.ipynb #054d64fd
 LOSS_FORMS = ("one_minus_mean", "negative_mean")
 
 class SoftSilhouetteLoss(EmbeddingLoss):
-    "Soft Silhouette loss (Todescato & Carbonera 2026, eqs. 7-14 as reconstructed here): `1 - mean s~(i)`."
+    "Soft Silhouette loss (Todescato & Carbonera 2026, eqs. 7-14, reconstructed): `1 - mean s~(i)`."
     def __init__(self,
                  temperature: float = 0.1, # tau, smooth-max temperature (eq. 11)
-                 softmin_temperature: float | None = None, # beta, soft-min smoothness (eq. 10); None: tau
+                 softmin_temperature: float | None = None, # beta, soft-min (eq. 10); None: tau
                  metric: str = "cosine", # d (eq. 7): "cosine", "sqeuclidean" or "euclidean"
-                 soft_min: str = "softmax", # form of eq. 10: "softmax" (10b) or "logsumexp" (10a)
+                 soft_min: str = "softmax", # eq. 10: "softmax" (10b) or "logsumexp" (10a)
                  eps: float = 1e-8, # guard in the denominator of eq. 13
-                 loss_form: str = "one_minus_mean", # eq. 14: "one_minus_mean" (in [0, 2]) or "negative_mean"
-                 singletons: str = "exclude", # samples without class-mates: "exclude" from the mean, or count as "zero"
-                 num_classes: int | None = None, # labels are ids in [0, num_classes): no torch.unique, no GPU sync
+                 loss_form: str = "one_minus_mean", # eq. 14: "one_minus_mean", "negative_mean"
+                 singletons: str = "exclude", # no class-mate: "exclude" from the mean, or "zero"
+                 num_classes: int | None = None, # ids in [0, num_classes): no unique, no GPU sync
                  active_tol: float = 1e-3, # a sample is active when its term 1 - s~(i) exceeds this
+                 temperature_scale: str = "absolute", # "relative": tau, beta x batch's d(i, c)
                 ):
         super().__init__()
-        _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps)
-        if loss_form not in LOSS_FORMS: raise ValueError(f"`loss_form` must be one of {LOSS_FORMS}; got {loss_form!r}.")
-        if singletons not in ("exclude", "zero"): raise ValueError(f"`singletons` must be 'exclude' or 'zero'; got {singletons!r}.")
-        self.temperature, self.softmin_temperature, self.metric, self.soft_min = temperature, softmin_temperature, metric, soft_min
-        self.eps, self.loss_form, self.singletons, self.num_classes, self.active_tol = eps, loss_form, singletons, num_classes, active_tol
+        _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps,
+                                    temperature_scale)
+        if loss_form not in LOSS_FORMS:
+            raise ValueError(f"`loss_form` must be one of {LOSS_FORMS}; got {loss_form!r}.")
+        if singletons not in ("exclude", "zero"):
+            raise ValueError(f"`singletons` must be 'exclude' or 'zero'; got {singletons!r}.")
+        self.temperature, self.softmin_temperature = temperature, softmin_temperature
+        self.metric, self.soft_min, self.eps, self.loss_form = metric, soft_min, eps, loss_form
+        self.singletons, self.num_classes, self.active_tol = singletons, num_classes, active_tol
+        self.temperature_scale = temperature_scale
 
     def scores(self, embeddings, labels):
-        "`(s~ [N], defined [N], singleton [N])` on checked float inputs; singleton: no class-mate, other classes present."
-        return _soft_silhouette(embeddings, labels, self.temperature, self.softmin_temperature, self.metric,
-                                self.soft_min, self.eps, self.num_classes)
+        "`(s~, defined, singleton)`, each `[N]`, on checked inputs (singleton: no class-mate)."
+        return _soft_silhouette(embeddings, labels, self.temperature, self.softmin_temperature,
+                                self.metric, self.soft_min, self.eps, self.num_classes,
+                                self.temperature_scale)
 
     def compute(self, embeddings, labels):
         s, defined, singleton = self.scores(embeddings, labels)
-        if self.singletons == "zero": defined = defined | singleton  # count samples without class-mates as 0 ...
+        if self.singletons == "zero": defined = defined | singleton  # count them as 0 ...
         count = defined.sum()
-        mean_s = s.sum() / count.clamp_min(1)                       # ... or leave them out (undefined s~ are 0 here)
+        mean_s = s.sum() / count.clamp_min(1)    # ... or leave them out (undefined s~ are 0 here)
         if self.loss_form == "one_minus_mean":
-            return torch.where(count > 0, 1 - mean_s, mean_s * 0)  # nothing to learn: 0, zero gradient
+            return torch.where(count > 0, 1 - mean_s, mean_s * 0)  # nothing to learn: 0
         return -mean_s
 
     def active_ratio(self, embeddings, labels):
@@ -110,5 +140,7 @@ class SoftSilhouetteLoss(EmbeddingLoss):
             return (defined & (1 - s > self.active_tol)).float().mean()
 
     def extra_repr(self):
-        return (f"temperature={self.temperature}, softmin_temperature={self.softmin_temperature}, metric={self.metric!r}, "
-                f"soft_min={self.soft_min!r}, loss_form={self.loss_form!r}, singletons={self.singletons!r}")
+        return (f"temperature={self.temperature}, softmin_temperature={self.softmin_temperature}, "
+                f"metric={self.metric!r}, soft_min={self.soft_min!r}, "
+                f"loss_form={self.loss_form!r}, "
+                f"singletons={self.singletons!r}, temperature_scale={self.temperature_scale!r}")

@@ -35,6 +35,8 @@ class TrainConfig:
     momentum: float = 0.9
     scheduler: str | None = "cosine"
     patience: int | None = None
+    plateau_factor: float = 0.2
+    plateau_patience: int = 10
     min_delta: float = 0.0
     restore_best: bool = True
     amp: bool | str = "auto"
@@ -51,7 +53,13 @@ class TrainConfig:
         need(isinstance(self.epochs, int) and self.epochs >= 1, f"`epochs` must be an int >= 1; got {self.epochs!r}.")
         need(isinstance(self.batch_size, int) and self.batch_size >= 2, f"`batch_size` must be an int >= 2; got {self.batch_size!r}.")
         need(self.optimizer in ("adam", "adamw", "sgd"), f"`optimizer` must be 'adam', 'adamw' or 'sgd'; got {self.optimizer!r}.")
-        need(self.scheduler in ("cosine", None), f"`scheduler` must be 'cosine' or None; got {self.scheduler!r}.")
+        need(self.scheduler in ("cosine", "plateau", None),
+             f"`scheduler` must be 'cosine', 'plateau' or None; got {self.scheduler!r}.")
+        need(isinstance(self.plateau_factor, (int, float)) and 0 < self.plateau_factor < 1,
+             f"`plateau_factor` must lie in (0, 1) (0.2 divides the rate by 5); "
+             f"got {self.plateau_factor!r}.")
+        need(isinstance(self.plateau_patience, int) and self.plateau_patience >= 0,
+             f"`plateau_patience` must be an int >= 0; got {self.plateau_patience!r}.")
         need(self.lr > 0, f"`lr` must be > 0; got {self.lr!r}.")
         need(self.weight_decay >= 0, f"`weight_decay` must be >= 0; got {self.weight_decay!r}.")
         need(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
@@ -216,7 +224,12 @@ def train(model: torch.nn.Module, objective: torch.nn.Module, data: DataSplits, 
     model.to(device); objective.to(device)
     params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
     opt = _make_optimizer(params, cfg)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs) if cfg.scheduler == "cosine" else None
+    sched = None
+    if cfg.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    elif cfg.scheduler == "plateau":  # on validation accuracy, once per epoch
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     history, start, best = [], 0, {"val_acc": -1.0, "epoch": -1, "state": None, "bad": 0}
     ckpt = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
@@ -264,7 +277,7 @@ def train(model: torch.nn.Module, objective: torch.nn.Module, data: DataSplits, 
         record["val_acc"] = val_acc
         if cfg.diagnostics: record.update(_diagnostics(vz, vy))
         record["lr"] = opt.param_groups[0]["lr"]
-        if sched is not None: sched.step()
+        if sched is not None: sched.step(val_acc) if cfg.scheduler == "plateau" else sched.step()
         record["time_s"] = time.perf_counter() - t0
         history.append(record)
         if val_acc > best["val_acc"] + cfg.min_delta:

@@ -67,3 +67,16 @@ def test_loss_decay():
     assert loss_decay([4.0, 2.0, 1.0]) is None
     with pytest.raises(ValueError, match="positive first loss"):
         loss_decay([-1.0, -3.0])
+
+
+def test_tolerance_rule_makes_softmax_losses_look_selective():
+    "Eq. 1 with `active_tol` can fall below 1 for a softmax loss whose every sample keeps a gradient (eq. 2)."
+    from structloss.contrastive import InfoNCELoss
+    from structloss.pairs import TripletMarginLoss
+    labels = torch.arange(4).repeat_interleave(4)
+    centres = torch.eye(4, 6, dtype=torch.float64) * 10
+    z = centres[labels] + 0.01 * torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    soft = greediness_report(InfoNCELoss(temperature=0.07), z, labels)
+    assert soft["active_ratio"] == 0.0 and soft["grad_active_ratio"] == 1.0   # nothing "active", all pushed
+    hinge = greediness_report(TripletMarginLoss(margin=0.05), z, labels)
+    assert hinge["active_ratio"] == 0.0 and hinge["grad_active_ratio"] == 0.0  # margins met: exactly zero

@@ -33,7 +33,8 @@ def magnet_loop(r, labels, alpha=1.0, cluster_labels=None, eps=1e-12, power=1):
 
 
 def latent_boost_loop(r, labels, epoch=0, num_epochs=1, alpha0=1.0, beta0=1.0, threshold=0.95, eps=1e-8, pca=True,
-                      singleton_variance="pooled", beta_placement="exponent", hinge=True, cluster_labels=None):
+                      singleton_variance="pooled", beta_placement="exponent", hinge=True, cluster_labels=None,
+                      detach_variance=False):
     clusters = labels if cluster_labels is None else cluster_labels
     N, n_feat = r.shape
     alpha = 1 + alpha0 * math.exp(-epoch / (1.05 * num_epochs))
@@ -50,10 +51,12 @@ def latent_boost_loop(r, labels, epoch=0, num_epochs=1, alpha0=1.0, beta0=1.0, t
     members = {k: [n for n in range(N) if int(clusters[n]) == k] for k in keys}
     mu = {k: sum(r[n] for n in members[k]) / len(members[k]) for k in keys}
     cls = {k: int(labels[members[k][0]]) for k in keys}
-    pooled = sum(((r[n] - mu[int(clusters[n])]) ** 2).sum() for n in range(N)) / (N - 1)
+    rv = r.detach() if detach_variance else r
+    mv = {k: sum(rv[n] for n in members[k]) / len(members[k]) for k in keys}
+    pooled = sum(((rv[n] - mv[int(clusters[n])]) ** 2).sum() for n in range(N)) / (N - 1)
     var = {}
     for k in keys:
-        if len(members[k]) > 1: v = sum(((r[n] - mu[k]) ** 2).sum() for n in members[k]) / (len(members[k]) - 1)
+        if len(members[k]) > 1: v = sum(((rv[n] - mv[k]) ** 2).sum() for n in members[k]) / (len(members[k]) - 1)
         else: v = pooled if singleton_variance == "pooled" else r.sum() * 0
         var[k] = torch.clamp(v, min=eps)
     total = r.sum() * 0
@@ -338,3 +341,85 @@ def test_latent_boost_errors():
     with pytest.raises(ValueError, match="num_epochs"): m.set_epoch(0, 0)
     with pytest.raises(ValueError, match="cluster 0"):
         m(torch.randn(4, 2), torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# readings of eq. 11: detach_variance, the late-phase identity, warm-up, logged PCA dimension
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from([dict(detach_variance=True), dict(detach_variance=True, pca=False),
+                                   dict(detach_variance=True, beta_placement="factor", hinge=False),
+                                   dict(beta_placement="factor", hinge=False)]),
+       st.sampled_from([(0, 1), (1, 10), (5, 10)]))
+def test_latent_boost_readings_match_loop(batch, kw, epochs):
+    r, y = batch
+    m = LatentBoostLoss(**kw); m.set_epoch(*epochs)
+    compare(*grads(m, r, y), *grads(lambda x, yy: latent_boost_loop(x, yy, *epochs, **kw), r, y))
+
+
+def _late_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(4).repeat_interleave(16)
+    r = torch.randn(4, 16, generator=g, dtype=torch.float64)[y] + torch.randn(64, 16, generator=g, dtype=torch.float64)
+    return r, y
+
+
+@pytest.mark.parametrize("pca", [True, False])
+def test_literal_latent_boost_is_a_constant_once_beta_is_eps(pca):
+    "Per cluster, eq. 9 makes the pull sum to (|C|-1)/2; with beta = eps the loss is a constant."
+    r, y = _late_batch()
+    m = LatentBoostLoss(pca=pca); m.set_epoch(5, 10)
+    v, g = grads(m, r, y)
+    assert abs(float(v) - (4 * 15 / 2 / 64 + m.alpha + math.log(3 + 1e-8))) < 1e-6
+    assert g.norm() < 1e-7
+    m0 = LatentBoostLoss(pca=pca); m0.set_epoch(0, 10)
+    assert grads(m0, r, y)[1].norm() > 1e-2            # at beta = 1 the same loss has a gradient
+
+
+def test_detach_variance_keeps_the_pull_late():
+    from structloss.metrics import intra_class_variance
+    r, y = _late_batch()
+    m = LatentBoostLoss(detach_variance=True); m.set_epoch(5, 10)
+    v, g = grads(m, r, y)
+    assert g.norm() > 1e-2
+    assert float(intra_class_variance(r - len(r) * g, y)) < float(intra_class_variance(r, y)) - 0.1
+    lit = LatentBoostLoss(); lit.set_epoch(5, 10)
+    assert_close(v, lit(r, y))                          # same value, different gradient
+
+
+def test_factor_without_hinge_keeps_a_push_late():
+    r, y = _late_batch()
+    m = LatentBoostLoss(beta_placement="factor", hinge=False); m.set_epoch(5, 10)
+    assert grads(m, r, y)[1].norm() > 1e-2
+    h = LatentBoostLoss(beta_placement="factor"); h.set_epoch(5, 10)
+    assert float(grads(h, r, y)[1].norm()) == 0.0        # with the hinge every term is closed
+
+
+def test_detach_variance_gradient_is_the_frozen_variance_gradient():
+    g = torch.Generator().manual_seed(3)
+    r = torch.randn(10, 4, generator=g, dtype=torch.float64); y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 5])
+    ids, K = class_index(y)
+    from structloss.geometry import class_means
+    d0 = ((r - class_means(r, ids, K)[ids]) ** 2).sum(1)
+    s2 = LatentBoostLoss(pca=False).cluster_variances(r, ids, K, d0)
+    frozen = LatentBoostLoss(pca=False); frozen.set_epoch(1, 10); frozen.cluster_variances = lambda *a: s2
+    assert torch.autograd.gradcheck(lambda x: frozen(x, y), (r.clone().requires_grad_(),))
+    det = LatentBoostLoss(pca=False, detach_variance=True); det.set_epoch(1, 10)
+    assert_close(grads(frozen, r, y)[1], grads(det, r, y)[1])
+
+
+def test_warmup_shifts_the_schedule():
+    m = LatentBoostLoss(warmup_epochs=4)
+    m.set_epoch(0, 14); assert (m.epoch, m.num_epochs, m.beta) == (0, 10, 1.0)
+    m.set_epoch(5, 14); assert (m.epoch, m.beta) == (1, 0.5)
+    with pytest.raises(ValueError, match="must exceed `warmup_epochs`"): m.set_epoch(0, 4)
+    with pytest.raises(ValueError, match="`warmup_epochs` must be an int >= 0"): LatentBoostLoss(warmup_epochs=1.5)
+
+
+def test_extra_logs_reports_the_kept_dimension():
+    r, y = _late_batch()
+    m = LatentBoostLoss()
+    assert m.extra_logs() == {}
+    m(r, y)
+    want = explained_variance_dim(torch.linalg.svdvals(r - r.mean(0)))
+    assert int(m.extra_logs()["dim"]) == int(want)

@@ -32,7 +32,8 @@ def test_every_loss_as_a_term(name, views, mix):
     objective = Objective({"term": (loss, 0.5)}, mix=mix)
     logits, z, labels = _batch(views)
     total, logs = objective(logits, z, labels)
-    assert sorted(logs) == ["ce", "term", "total"]
+    extra = [f"term_{k}" for k in getattr(loss, "extra_logs", dict)()]   # e.g. Latent Boost's PCA dim
+    assert sorted(logs) == sorted(["ce", "term", "total"] + extra)
     assert torch.isfinite(total) and total.dtype == torch.float64
     # eq. 1 / eq. 2 recomputed by hand, views flattened sample by sample unless the loss takes them
     with torch.no_grad():
@@ -81,3 +82,21 @@ def test_silhouette_objectives():
         silhouette_objective(0.3, supcon2=True)(logits[:, 0], z[:, 0], labels)
     total1, logs1 = silhouette_objective(0.3)(logits[:, 0], z[:, 0], labels)
     assert sorted(logs1) == ["ce", "silhouette", "total"] and torch.isfinite(total1)
+
+
+def test_latent_boost_warmup_is_ce_only_then_logs_the_pca_dimension():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(12, 4, generator=g); y = torch.arange(3).repeat(4); logits = torch.randn(12, 3, generator=g)
+    objective = latent_boost(lam=0.4, warmup_epochs=3)
+    for epoch in range(3):
+        objective.set_epoch(epoch, 10)
+        total, logs = objective(logits, z, y)
+        assert sorted(logs) == ["ce", "total"]
+        assert torch.allclose(total, 0.6 * F.cross_entropy(logits, y))
+    objective.set_epoch(3, 10)
+    total, logs = objective(logits, z, y)
+    assert sorted(logs) == ["ce", "latent_boost", "latent_boost_dim", "total"]
+    loss = objective.losses["latent_boost"]
+    assert (loss.epoch, loss.num_epochs, loss.beta) == (0, 7, 1.0)
+    with pytest.raises(ValueError, match="`warmup_epochs` must be an int >= 0"):
+        latent_boost(warmup_epochs=-1)

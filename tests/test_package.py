@@ -2,11 +2,18 @@
 import importlib, subprocess, sys, textwrap
 import structloss
 
+# Chapters that run experiments or draw the book's figures (Part IV, the overview chapters): `structloss run`
+# imports them to find their experiments; their names are not part of the top-level API.
+BOOK_ONLY = {"at_a_glance", "which_loss"}
+
+def is_book_only(name: str) -> bool: return name.endswith("_paper") or name in BOOK_ONLY
+
 def test_every_public_name_is_reexported_at_the_top_level():
     import pkgutil
     for info in pkgutil.iter_modules(structloss.__path__):
         if info.name.startswith("_"): continue
-        module = importlib.import_module(f"structloss.{info.name}")
+        module = importlib.import_module(f"structloss.{info.name}")          # every module imports cleanly
+        if is_book_only(info.name): continue
         missing = [n for n in getattr(module, "__all__", []) if getattr(structloss, n, None) is not getattr(module, n)]
         assert not missing, f"structloss.{info.name}: {missing} not re-exported by structloss/__init__.py"
 

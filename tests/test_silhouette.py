@@ -6,9 +6,14 @@ from structloss.geometry import pairwise_distances
 from structloss.metrics import silhouette_samples
 from structloss.silhouette import SoftSilhouetteLoss, soft_silhouette_samples
 
-def loop(z, labels, tau, beta, metric, soft_min, eps=1e-8):
+def loop(z, labels, tau, beta, metric, soft_min, eps=1e-8, temperature_scale="absolute"):
     "Independent reference: eqs. 7-13 from the distance matrix, one sample at a time."
     D = pairwise_distances(z, metric=metric)
+    if temperature_scale == "relative":   # tau, beta times the mean d(i, c) over i and c != y_i (no gradient)
+        classes = sorted({int(c) for c in labels.tolist()})
+        d_ic = [D[i, labels == c].mean().detach() for i in range(len(z)) for c in classes if c != labels[i]]
+        scale = torch.stack(d_ic).mean().clamp_min(1e-12) if d_ic else torch.tensor(1e-12, dtype=z.dtype)
+        tau, beta = tau * scale, beta * scale
     out = []
     for i in range(len(z)):
         same = [j for j in range(len(z)) if labels[j] == labels[i] and j != i]
@@ -25,15 +30,15 @@ def loop(z, labels, tau, beta, metric, soft_min, eps=1e-8):
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 16), st.integers(1, 5), st.integers(1, 6), st.integers(0, 10_000),
        st.sampled_from(["cosine", "sqeuclidean", "euclidean"]), st.sampled_from(["logsumexp", "softmax"]),
-       st.floats(0.05, 2.0), st.floats(0.05, 2.0))
-def test_vectorised_matches_loop_in_value_and_gradient(n, d, n_classes, seed, metric, soft_min, tau, beta):
+       st.floats(0.05, 2.0), st.floats(0.05, 2.0), st.sampled_from(["absolute", "relative"]))
+def test_vectorised_matches_loop_in_value_and_gradient(n, d, n_classes, seed, metric, soft_min, tau, beta, scale):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, d, generator=g, dtype=torch.float64)
     labels = torch.randint(0, n_classes, (n,), generator=g) * 4 + 1
     if n > 2: z[1] = z[0]                                            # ties
     z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
-    ours = soft_silhouette_samples(z1, labels, tau, beta, metric, soft_min)
-    ref = loop(z2, labels, tau, beta, metric, soft_min)
+    ours = soft_silhouette_samples(z1, labels, tau, beta, metric, soft_min, temperature_scale=scale)
+    ref = loop(z2, labels, tau, beta, metric, soft_min, temperature_scale=scale)
     assert_close(ours, ref)
     w = torch.randn(n, generator=g, dtype=torch.float64)
     (ours * w).sum().backward(); (ref * w).sum().backward()
@@ -100,9 +105,29 @@ def test_half_precision_large_inputs_do_not_overflow():
         out = SoftSilhouetteLoss(temperature=0.01, metric=metric)(zz, labels); out.backward()
         assert torch.isfinite(out) and torch.isfinite(zz.grad).all(), metric
 
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize("k", [1e-4, 1e-2, 30.0])
+def test_relative_temperature_is_scale_free(metric, k):
+    "Relative temperatures: s~(k z) = s~(z) (eps = 0); absolute ones shrink with the distances."
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    z = torch.randn(4, 5, generator=g, dtype=torch.float64)[labels] + torch.randn(40, 5, generator=g, dtype=torch.float64)
+    rel = dict(metric=metric, temperature_scale="relative", eps=0.0)
+    assert_close(soft_silhouette_samples(k * z, labels, 0.1, **rel), soft_silhouette_samples(z, labels, 0.1, **rel))
+    if k < 1e-3:
+        small = soft_silhouette_samples(k * z, labels, 0.1, metric=metric).abs().max()
+        assert small < 0.5 * soft_silhouette_samples(z, labels, 0.1, metric=metric).abs().max()
+
+def test_relative_temperature_on_a_collapsed_batch_is_finite():
+    z = torch.ones(8, 3, requires_grad=True)
+    loss = SoftSilhouetteLoss(temperature_scale="relative")(z, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
 def test_bad_inputs():
     z = torch.randn(6, 3); labels = torch.tensor([0, 0, 1, 1, 2, 2])
     with pytest.raises(ValueError, match="temperature"): SoftSilhouetteLoss(temperature=-1)
+    with pytest.raises(ValueError, match="`temperature_scale` must be one of"): SoftSilhouetteLoss(temperature_scale="batch")
     with pytest.raises(TypeError, match="integer class ids"): SoftSilhouetteLoss()(z, labels.float())
     with pytest.raises(ValueError, match="shape \\[N, d\\]"): SoftSilhouetteLoss()(z[None], labels)
     with pytest.raises(ValueError, match="5 entries"): SoftSilhouetteLoss()(z, labels[:5])

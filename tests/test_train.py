@@ -148,3 +148,16 @@ def test_mixed_precision_runs_and_learns(data):
     "amp=True on the CPU uses bfloat16 autocast; the objective still computes in float32."
     res = train(tiny(data), cross_entropy(), data, TrainConfig(epochs=2, amp=True, **CFG), seed=0)
     assert res.history[-1]["val_acc"] > 0.3 and np.isfinite(res.history[-1]["train_ce"])
+
+
+def test_plateau_scheduler_divides_the_rate_on_a_validation_plateau(data):
+    class Flat(torch.nn.Module):   # constant logits: the validation accuracy never improves
+        def __init__(self): super().__init__(); self.b = torch.nn.Parameter(torch.zeros(10))
+        def forward(self, x): z = torch.zeros(len(x), 10) + 0 * self.b; return z, z
+    cfg = TrainConfig(epochs=7, scheduler="plateau", plateau_factor=0.2, plateau_patience=2, **{**CFG, "lr": 1.0})
+    res = train(Flat(), cross_entropy(), data, cfg)
+    assert [round(r["lr"], 6) for r in res.history] == [1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 0.2]
+    learning = train(tiny(data), cross_entropy(), data, TrainConfig(epochs=3, scheduler="plateau", **CFG))
+    assert all(r["lr"] == CFG["lr"] for r in learning.history)   # improving: no reduction
+    with pytest.raises(ValueError, match="'cosine', 'plateau' or None"): TrainConfig(scheduler="step")
+    with pytest.raises(ValueError, match="`plateau_factor` must lie in"): TrainConfig(plateau_factor=1.0)
