@@ -73,3 +73,13 @@ def test_build_execute_caches_by_source(tmp_path, capsys):
     nb.cells[0].source = "print(6 * 8)"; nbformat.write(nb, nbs / "01_a.ipynb")
     build_execute(out, nbs=nbs)
     assert "48" in nbformat.read(out / "01_a.ipynb", as_version=4).cells[0].outputs[0].text
+
+def test_book_copies_turn_glued_numpy_scalars_into_numbers():
+    from notebooks import plain_glue_numbers
+    rec = "application/papermill.record/text/plain"
+    cell = nbformat.v4.new_code_cell('glue("a", np.float64(87.84)); glue("b", "np.float64 stays")')
+    cell.outputs = [nbformat.v4.new_output("display_data", data={rec: "np.float64(87.84)"}),
+                    nbformat.v4.new_output("display_data", data={rec: "'np.float64 stays'"}),
+                    nbformat.v4.new_output("display_data", data={rec: "np.int64(3)"})]
+    assert plain_glue_numbers(cell) == 2
+    assert [o.data[rec] for o in cell.outputs] == ["87.84", "'np.float64 stays'", "3"]

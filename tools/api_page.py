@@ -25,10 +25,21 @@ def modules_in_reading_order() -> list[tuple[str, str]]:
     return found
 
 
+class _Source:
+    "A default value shown as source code: a class or function by its name, not its `<class ...>` repr."
+    def __init__(self, value): self.text = getattr(value, "__qualname__", None) or repr(value)
+    def __repr__(self): return self.text
+
+
 def _signature(obj) -> str:
     try: sig = inspect.signature(obj)
     except (TypeError, ValueError): return ""
-    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values() if p.name != "self"]
+    def clean(p):
+        p = p.replace(annotation=inspect.Parameter.empty)
+        if p.default is not inspect.Parameter.empty and repr(p.default).startswith("<"):
+            p = p.replace(default=_Source(p.default))     # valid Python, so the code block lexes
+        return p
+    params = [clean(p) for p in sig.parameters.values() if p.name != "self"]
     return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
 
 

@@ -89,8 +89,25 @@ def restore_glue(cell) -> int:
     return len(lost)
 
 
+_NUMPY_SCALAR = re.compile(r"^np\.(?:float|int|uint)\d*\((.*)\)$")
+
+
+def plain_glue_numbers(cell) -> int:
+    """Glued NumPy scalars as plain numbers: with NumPy 2 the text of `glue("x", np.float64(0.5))` is
+    `np.float64(0.5)`, which {glue:text}`x:.2f` cannot format (MyST-NB warns, the strict build fails).
+    Returns how many values were rewritten."""
+    key, n = _GLUE_MIME + "text/plain", 0
+    for out in cell.get("outputs", []):
+        text = out.get("data", {}).get(key)
+        if isinstance(text, list): text = "".join(text)
+        if isinstance(text, str) and (m := _NUMPY_SCALAR.match(text.strip())):
+            out["data"][key] = m.group(1); n += 1
+    return n
+
+
 def _for_book(cell, directives, body) -> None:
     restore_glue(cell)
+    plain_glue_numbers(cell)
     tags = set(cell.metadata.get("tags", []))
     if "hide" in directives or "default_exp" in directives or _false(directives, "include"): tags.add("remove-cell")
     if _false(directives, "echo"): tags.add("remove-input")
