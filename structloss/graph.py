@@ -9,6 +9,7 @@ Docs: https://structloss.github.io/structloss/graph.html.md"""
 from __future__ import annotations
 import math
 import torch
+import torch.nn.functional as F
 from .core import EmbeddingLoss, check_embeddings_labels, check_number, compute_dtype
 from .geometry import squared_euclidean_distances, safe_sqrt
 
@@ -47,6 +48,7 @@ class GraphSmoothnessLoss(EmbeddingLoss):
                  squared: bool = False,     # kernel on ||.||^2 instead of ||.|| (paper: not squared)
                  symmetrize: str = "or",    # kNN relation made symmetric by "or", "and", or left directed: "none"
                  active_tol: float = 1e-6,  # a cross-class edge is active when its weight exceeds this
+                 normalize_embeddings: bool = True,  # L2-normalise the outputs first (Section 4.1)
                 ):
         super().__init__()
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
@@ -54,7 +56,11 @@ class GraphSmoothnessLoss(EmbeddingLoss):
         alpha, active_tol = check_number("alpha", alpha, positive=True), check_number("active_tol", active_tol, minimum=0)
         if symmetrize not in SYMMETRIZATIONS:
             raise ValueError(f"`symmetrize` must be one of {SYMMETRIZATIONS}; got {symmetrize!r}.")
+        if not isinstance(normalize_embeddings, bool):
+            raise TypeError(f"`normalize_embeddings` must be True or False; "
+                            f"got {normalize_embeddings!r}.")
         self.k, self.alpha, self.squared, self.symmetrize, self.active_tol = k, alpha, squared, symmetrize, active_tol
+        self.normalize_embeddings = normalize_embeddings
 
     def _k(self, N: int) -> int:
         if self.k is None: return N - 1
@@ -65,6 +71,7 @@ class GraphSmoothnessLoss(EmbeddingLoss):
 
     def edges(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         "Weights `W` `[N, N]` (eq. 1), the graph's edges `A` and the cross-class mask `Q`, both boolean `[N, N]`."
+        if self.normalize_embeddings: embeddings = F.normalize(embeddings, dim=1)  # (N, d)
         W, sq = similarity_weights(embeddings, self.alpha, self.squared)      # (N, N)
         A = knn_graph(sq, self._k(len(embeddings)), self.symmetrize)           # (N, N) edges
         Q = labels[:, None] != labels[None, :]                                 # (N, N) y_mu != y_nu

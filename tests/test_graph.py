@@ -10,9 +10,10 @@ from structloss.graph import GraphSmoothnessLoss, knn_graph, similarity_weights,
 from structloss.geometry import squared_euclidean_distances
 
 
-def graph_loop(x, labels, k=None, alpha=2.0, squared=False, symmetrize="or"):
+def graph_loop(x, labels, k=None, alpha=2.0, squared=False, symmetrize="or", normalize=False):
     "Eqs. 1-2 vertex by vertex: neighbours = every other sample at most as far as the k-th nearest."
     N = len(x)
+    if normalize: x = torch.stack([x[m] / x[m].norm().clamp_min(1e-12) for m in range(N)])
     k = N - 1 if k is None else k
     dist = [[((x[m] - x[n]) ** 2).sum() if squared else ((x[m] - x[n]) ** 2).sum().sqrt() for n in range(N)] for m in range(N)]
     directed = [[False] * N for _ in range(N)]
@@ -42,6 +43,9 @@ def batches(draw, max_n=10, max_d=4):
     return x, y, k
 
 
+def RAW(**kw): return GraphSmoothnessLoss(normalize_embeddings=False, **kw)  # raw outputs
+
+
 SETTINGS = dict(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -50,7 +54,8 @@ SETTINGS = dict(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 def test_matches_loop(batch, sym, squared, alpha):
     x, y, k = batch
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    la = GraphSmoothnessLoss(k=k, alpha=alpha, squared=squared, symmetrize=sym)(a, y)
+    la = GraphSmoothnessLoss(k=k, alpha=alpha, squared=squared, symmetrize=sym,
+                             normalize_embeddings=False)(a, y)
     lb = graph_loop(b, y, k=k, alpha=alpha, squared=squared, symmetrize=sym)
     assert_close(la, lb, atol=1e-10, rtol=1e-9)
     la.backward(); lb.backward()
@@ -64,7 +69,7 @@ def test_matches_loop(batch, sym, squared, alpha):
 def test_batch_order_invariance_with_ties(batch, seed, sym):
     x, y, k = batch
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    loss = GraphSmoothnessLoss(k=k, symmetrize=sym)
+    loss = RAW(k=k, symmetrize=sym)
     assert_close(loss(x[perm], y[perm]), loss(x, y), atol=1e-10, rtol=1e-9)
     A = knn_graph(squared_euclidean_distances(x), len(x) - 1 if k is None else k, sym)
     A_p = knn_graph(squared_euclidean_distances(x[perm]), len(x) - 1 if k is None else k, sym)
@@ -92,7 +97,7 @@ def test_graph_structure(batch):
 def test_loss_grows_with_k(batch):
     "More neighbours, more (non-negative) cross-class terms: the loss is monotone in k."
     x, y, _ = batch
-    losses = [float(GraphSmoothnessLoss(k=k)(x, y)) for k in range(1, len(x))]
+    losses = [float(RAW(k=k)(x, y)) for k in range(1, len(x))]
     assert all(a <= b + 1e-12 for a, b in zip(losses, losses[1:]))
 
 
@@ -103,9 +108,9 @@ def test_rigid_motion_invariance(batch, seed):
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(x.shape[1], x.shape[1], generator=g, dtype=torch.float64))
     # a generic rotation may break exact ties by rounding: use the complete graph or a sign flip + translation
-    loss = GraphSmoothnessLoss(k=None)
+    loss = RAW(k=None)
     assert_close(loss(x @ Q + 3.0, y), loss(x, y), atol=1e-9, rtol=1e-9)
-    assert_close(GraphSmoothnessLoss(k=k)(-x + 2.0, y), GraphSmoothnessLoss(k=k)(x, y), atol=1e-10, rtol=1e-9)
+    assert_close(RAW(k=k)(-x + 2.0, y), RAW(k=k)(x, y), atol=1e-10, rtol=1e-9)
 
 
 def test_complete_graph_closed_form():
@@ -113,21 +118,21 @@ def test_complete_graph_closed_form():
     x = torch.randn(9, 3, generator=g, dtype=torch.float64); y = torch.arange(9) % 3
     d = torch.cdist(x, x)
     want = (torch.exp(-2.0 * d) * (y[:, None] != y[None])).sum()
-    for sym in SYMMETRIZATIONS: assert_close(GraphSmoothnessLoss(symmetrize=sym)(x, y), want)
+    for sym in SYMMETRIZATIONS: assert_close(RAW(symmetrize=sym)(x, y), want)
 
 
 def test_gradcheck():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True); y = torch.tensor([0, 0, 1, 1, 2, 2, 2, 7])
     for kw in (dict(k=2), dict(k=3, squared=True, symmetrize="and"), dict(k=4, symmetrize="none"), dict()):
-        assert torch.autograd.gradcheck(lambda t: GraphSmoothnessLoss(alpha=0.5, **kw)(t, y), (x,))
+        assert torch.autograd.gradcheck(lambda t: RAW(alpha=0.5, **kw)(t, y), (x,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
     g = torch.Generator().manual_seed(2)
     x = (torch.randn(32, 8, generator=g) * 300).to(dtype); y = torch.arange(32) % 4
-    loss = GraphSmoothnessLoss(k=5, alpha=1e-3, squared=True)      # squared distances ~1e6: beyond float16
+    loss = RAW(k=5, alpha=1e-3, squared=True)      # squared distances ~1e6: beyond float16
     out = loss(x, y)
     assert out.dtype == dtype and torch.isfinite(out)
     assert_close(out.float(), loss(x.float(), y), atol=1e-2, rtol=1e-2)
@@ -137,10 +142,10 @@ def test_half_precision(dtype):
 
 def test_nothing_to_learn_and_coincident_points():
     x = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
-    out = GraphSmoothnessLoss(k=2)(x, torch.full((6,), 3)); out.backward()
+    out = RAW(k=2)(x, torch.full((6,), 3)); out.backward()
     assert float(out.detach()) == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
     z = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
-    out = GraphSmoothnessLoss()(z, torch.tensor([0, 1, 1])); out.backward()
+    out = RAW()(z, torch.tensor([0, 1, 1])); out.backward()
     assert float(out.detach()) == 4.0 and torch.isfinite(z.grad).all()
 
 
@@ -148,7 +153,7 @@ def test_nothing_to_learn_and_coincident_points():
 @given(batches(), st.sampled_from([0.0, 1e-6, 0.2]))
 def test_active_ratio_rule(batch, tol):
     x, y, k = batch
-    loss = GraphSmoothnessLoss(k=k, active_tol=tol)
+    loss = RAW(k=k, active_tol=tol)
     N = len(x); kk = N - 1 if k is None else k                     # the rule from scratch, edge by edge ("or" graph)
     dist = [[float(((x[m] - x[n]) ** 2).sum().sqrt()) for n in range(N)] for m in range(N)]
     near = [[n != m and dist[m][n] <= sorted(dist[m][j] for j in range(N) if j != m)[kk - 1] for n in range(N)] for m in range(N)]
@@ -161,10 +166,47 @@ def test_active_ratio_rule(batch, tol):
 
 def test_errors():
     x = torch.randn(4, 2); y = torch.tensor([0, 1, 0, 1])
-    with pytest.raises(ValueError, match="need a batch of at least 5"): GraphSmoothnessLoss(k=4)(x, y)
+    with pytest.raises(ValueError, match="need a batch of at least 5"): RAW(k=4)(x, y)
     with pytest.raises(ValueError, match="positive int"): GraphSmoothnessLoss(k=0)
     with pytest.raises(ValueError, match="positive int"): GraphSmoothnessLoss(k=True)
     with pytest.raises(ValueError, match="alpha"): GraphSmoothnessLoss(alpha=-1.0)
     with pytest.raises(ValueError, match="symmetrize"): GraphSmoothnessLoss(symmetrize="mutual")
-    with pytest.raises(ValueError, match="at least 2"): GraphSmoothnessLoss()(x[:1], y[:1])
-    with pytest.raises(ValueError, match="4 entries"): GraphSmoothnessLoss()(torch.randn(5, 2), y)
+    with pytest.raises(ValueError, match="at least 2"): RAW()(x[:1], y[:1])
+    with pytest.raises(ValueError, match="4 entries"): RAW()(torch.randn(5, 2), y)
+
+
+@settings(**SETTINGS)
+@given(st.integers(2, 12), st.integers(2, 5), st.integers(0, 10_000), st.sampled_from([None, 1, 3]), st.booleans())
+def test_normalized_matches_loop_and_is_scale_invariant(n, d, seed, k, squared):
+    "Default (normalised) loss: the loop on f/||f||, generic points; any positive per-row scale leaves it unchanged."
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64); y = torch.randint(0, 3, (n,), generator=g)
+    k = None if k is None or k > n - 1 else k
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    la = GraphSmoothnessLoss(k=k, squared=squared)(a, y)
+    lb = graph_loop(b, y, k=k, squared=squared, normalize=True)
+    assert_close(la, lb, atol=1e-10, rtol=1e-9)
+    la.backward(); lb.backward()
+    assert torch.isfinite(a.grad).all()
+    assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8)      # d >= 2: no coincident normalised points
+    scale = torch.rand(n, 1, generator=g, dtype=torch.float64) * 50 + 0.01
+    assert_close(GraphSmoothnessLoss(k=k, squared=squared)(x * scale, y), la.detach(), atol=1e-10, rtol=1e-9)
+
+
+def test_trivial_solution_without_normalisation():
+    "Section 4.1: raw outputs scaled up drive the loss to ~0; the default (normalised) loss does not move."
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g, dtype=torch.float64); y = torch.arange(4).repeat(8)
+    assert float(RAW()(10 * x, y)) < 1e-6 * float(RAW()(x, y))
+    assert_close(GraphSmoothnessLoss()(10 * x, y), GraphSmoothnessLoss()(x, y))
+    # a unit-norm batch: both modes agree
+    u = torch.nn.functional.normalize(x, dim=1)
+    assert_close(GraphSmoothnessLoss()(u, y), RAW()(u, y))
+
+
+def test_normalize_zero_rows_and_bad_flag():
+    "An all-zero output row stays zero (finite gradient); the flag must be a bool."
+    x = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    out = GraphSmoothnessLoss()(x, torch.tensor([0, 1, 0, 1])); out.backward()
+    assert float(out.detach()) == 8.0 and torch.isfinite(x.grad).all()
+    with pytest.raises(TypeError, match="normalize_embeddings"): GraphSmoothnessLoss(normalize_embeddings="yes")
