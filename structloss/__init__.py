@@ -2,6 +2,7 @@
 
 Modules:
 
+- `structloss.at_a_glance`: Every loss of the book moves the same toy batch on the circle, side by side and animated step by step, each panel with its VARIANCE and GREEDINESS numbers.
 - `structloss.contrastive`: Pull each sample towards the samples that share its label and push it from all others, through a softmax over cosine similarities: InfoNCE (NT-Xent) and supervised contrastive learning (SupCon).
 - `structloss.core`: The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results are stamped with their provenance, and how every loss and metric rejects bad input.
 - `structloss.data`: Datasets with fixed train/validation/test splits, the papers' image pipelines, and a two-view wrapper: the data half of the bench every experiment in the book runs on.
@@ -23,7 +24,8 @@ Modules:
 - `structloss.silhouette`: A differentiable silhouette coefficient (Todescato & Carbonera, 2026): each sample is pulled towards its own class and pushed from the nearest other class *as measured by class-average distances*, a global signal that complements pairwise losses. Computed from class sums in O(N·C·d).
 - `structloss.silhouette_paper`: Todescato & Carbonera (2026) add a differentiable silhouette to cross-entropy and to two-view supervised contrastive learning, and report the best average accuracy over seven image datasets for the combination. This chapter lists the paper's claims, runs its Table 1 in three offline settings with every method under one protocol, and decides each claim by a rule stated before the runs.
 - `structloss.train`: One training loop for every experiment in the book — any objective, class-balanced or shuffled batches, one or two views, early stopping, a per-epoch history, checkpoints — and the evaluation every chapter reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and the silhouette.
-- `structloss.variance_greediness_paper`: Seven metric-learning losses on one frozen encoder, compared by what they do to the geometry of the embedding (VARIANCE) and by how they learn (GREEDINESS), with image-retrieval evaluation on classes never seen in training."""
+- `structloss.variance_greediness_paper`: Seven metric-learning losses on one frozen encoder, compared by what they do to the geometry of the embedding (VARIANCE) and by how they learn (GREEDINESS), with image-retrieval evaluation on classes never seen in training.
+- `structloss.which_loss`: A decision table read from the book's own results files: accuracy, retrieval, structure and cost of every experiment the book has run, each number linked to the chapter and run behind it."""
 
 __version__ = "0.1.0"
 

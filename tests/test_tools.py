@@ -44,3 +44,42 @@ def test_book_copies_turn_directives_into_tags(notebook_dir):
     assert tags["assert True"] == ["remove-cell"] and tags["print(1)"] == ["remove-input"]
     assert tags["def f(): return 1"] == [] and tags["raise SystemExit"] == []
     assert cells[2].outputs                                              # stored outputs are kept
+
+def test_book_copies_restore_glue_names_stripped_by_nbdev_clean(tmp_path):
+    from notebooks import restore_glue
+    cell = nbformat.v4.new_code_cell('x = glue("acc", 0.5)\nglue(\'who\', "SupCon")')
+    rec = "application/papermill.record/text/plain"
+    cell.outputs = [nbformat.v4.new_output("display_data", data={rec: "0.5"}),
+                    nbformat.v4.new_output("display_data", data={rec: "'SupCon'"})]   # metadata {}: cleaned
+    assert restore_glue(cell) == 2
+    assert [o.metadata["scrapbook"]["name"] for o in cell.outputs] == ["acc", "who"]
+    assert restore_glue(cell) == 0                                       # already named: nothing to do
+    cell2 = nbformat.v4.new_code_cell("for k in ks: glue(f'acc_{k}', 1)")   # names not literal: left alone
+    cell2.outputs = [nbformat.v4.new_output("display_data", data={rec: "1"})]
+    assert restore_glue(cell2) == 0 and "scrapbook" not in cell2.outputs[0].metadata
+
+def test_build_execute_caches_by_source(tmp_path, capsys):
+    from notebooks import build_execute
+    nbs = tmp_path / "nbs"; nbs.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbs / "01_a.ipynb")
+    out = tmp_path / "executed"
+    build_execute(out, nbs=nbs)
+    assert "42" in nbformat.read(out / "01_a.ipynb", as_version=4).cells[0].outputs[0].text
+    assert not nbformat.read(nbs / "01_a.ipynb", as_version=4).cells[0].outputs   # the source is untouched
+    build_execute(out, nbs=nbs)
+    assert "unchanged, cached" in capsys.readouterr().out
+    nb.cells[0].source = "print(6 * 8)"; nbformat.write(nb, nbs / "01_a.ipynb")
+    build_execute(out, nbs=nbs)
+    assert "48" in nbformat.read(out / "01_a.ipynb", as_version=4).cells[0].outputs[0].text
+
+def test_book_copies_turn_glued_numpy_scalars_into_numbers():
+    from notebooks import plain_glue_numbers
+    rec = "application/papermill.record/text/plain"
+    cell = nbformat.v4.new_code_cell('glue("a", np.float64(87.84)); glue("b", "np.float64 stays")')
+    cell.outputs = [nbformat.v4.new_output("display_data", data={rec: "np.float64(87.84)"}),
+                    nbformat.v4.new_output("display_data", data={rec: "'np.float64 stays'"}),
+                    nbformat.v4.new_output("display_data", data={rec: "np.int64(3)"})]
+    assert plain_glue_numbers(cell) == 2
+    assert [o.data[rec] for o in cell.outputs] == ["87.84", "'np.float64 stays'", "3"]

@@ -3,7 +3,7 @@
 Usage: python tools/api_page.py OUT.md
 """
 from __future__ import annotations
-import importlib, inspect, sys
+import importlib, inspect, re, sys
 from pathlib import Path
 from fastcore.docments import docments
 
@@ -25,11 +25,30 @@ def modules_in_reading_order() -> list[tuple[str, str]]:
     return found
 
 
+class _Source:
+    "A default value shown as source code: a class or function by its name, not its `<class ...>` repr."
+    def __init__(self, value): self.text = getattr(value, "__qualname__", None) or repr(value)
+    def __repr__(self): return self.text
+
+
 def _signature(obj) -> str:
     try: sig = inspect.signature(obj)
     except (TypeError, ValueError): return ""
-    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values() if p.name != "self"]
+    def clean(p):
+        p = p.replace(annotation=inspect.Parameter.empty)
+        if p.default is not inspect.Parameter.empty and repr(p.default).startswith("<"):
+            p = p.replace(default=_Source(p.default))     # valid Python, so the code block lexes
+        return p
+    params = [clean(p) for p in sig.parameters.values() if p.name != "self"]
     return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+_ROLE = re.compile(r"\{([\w:-]+)\}`([^`]*)`")
+
+
+def _doc(text: str | None) -> str:
+    "A docstring as MyST text: a MyST role written in it ({glue:text}`x`) is shown as code, not executed."
+    return _ROLE.sub(lambda m: f"``{{{m.group(1)}}}`{m.group(2)}` ``", text or "")
 
 
 def _arguments_table(obj) -> list[str]:
@@ -41,7 +60,7 @@ def _arguments_table(obj) -> list[str]:
         if name in ("self", "return"): continue
         default = info.get("default", inspect.Parameter.empty)
         default = "" if default is inspect.Parameter.empty else f"`{default!r}`"
-        meaning = (info.get("docment") or "").replace("|", "\\|")
+        meaning = _doc(info.get("docment")).replace("|", "\\|")
         rows.append(f"| `{name}` | {default} | {meaning} |")
     if not rows or all(r.endswith("|  |") for r in rows): return []
     return ["| argument | default | meaning |", "| --- | --- | --- |", *rows, ""]
@@ -64,12 +83,12 @@ def render() -> str:
             obj = getattr(module, name)
             kind = "class" if inspect.isclass(obj) else "def"
             out += [f"### `{name}`", "", "```python", f"{kind} {name}{_signature(obj)}", "```", "",
-                    inspect.getdoc(obj) or "", ""]
+                    _doc(inspect.getdoc(obj)), ""]
             out += _arguments_table(obj)
             if inspect.isclass(obj):
                 for meth_name, meth in vars(obj).items():
                     if meth_name.startswith("_") or not inspect.isfunction(meth) or not meth.__doc__: continue
-                    out += [f"- `{meth_name}{_signature(meth)}`: {inspect.getdoc(meth)}"]
+                    out += [f"- `{meth_name}{_signature(meth)}`: {_doc(inspect.getdoc(meth))}"]
                 out += [""]
     return "\n".join(out) + "\n"
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run every test on a fresh machine: environment, export check, tests/, every notebook under nbval (smoke
-# profile), and a strict book build (warnings are errors). Exits non-zero on the first failure.
+# profile), a strict book build (warnings are errors), and every page of that build opened in headless
+# Chromium (installed with apt-get when missing). Exits non-zero on the first failure.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 start=$SECONDS
 
-echo "==> 1/4 nbdev-export must leave structloss/ unchanged"
+echo "==> 1/5 nbdev-export must leave structloss/ unchanged"
 snapshot="$(mktemp -d)"
 cp -r structloss "$snapshot/"
 nbdev-export
@@ -13,15 +14,15 @@ if ! diff -r -x __pycache__ "$snapshot/structloss" structloss; then
   exit 1
 fi
 
-echo "==> 2/4 tests/ (pytest)"
+echo "==> 2/5 tests/ (pytest)"
 set +e
-python -m pytest tests -q -p no:cacheprovider
+python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_site_check.py   # that one: stage 5
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "FAILED: pytest collected no tests in tests/"; exit 1; fi
 [ $rc -eq 0 ] || { echo "FAILED: tests/ (pytest exit code $rc)"; exit $rc; }
 
-echo "==> 3/4 every notebook under nbval, smoke profile"
+echo "==> 3/5 every notebook under nbval, smoke profile"
 python tools/notebooks.py nbval _build/nbval
 set +e
 STRUCTLOSS_PROFILE=smoke python -m pytest _build/nbval --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q -p no:cacheprovider
@@ -30,7 +31,19 @@ set -e
 if [ $rc -eq 5 ]; then echo "FAILED: nbval collected no notebook cells"; exit 1; fi
 [ $rc -eq 0 ] || { echo "FAILED: notebooks under nbval (pytest exit code $rc)"; exit $rc; }
 
-echo "==> 4/4 the book, warnings as errors (stored outputs, no execution)"
+echo "==> 4/5 the book, warnings as errors (stored outputs, no execution)"
 BOOK_EXECUTE=0 BOOK_STRICT=1 bash tools/book.sh
+
+echo "==> 5/5 the site as readers meet it: every page in headless Chromium (MathJax, console, images, links)"
+if ! python -c "import sys; sys.path.insert(0, 'tools'); import site_check; sys.exit(site_check.find_browser() is None)"; then
+  echo "==> installing Chromium (apt-get install chromium)"
+  sudo=""; [ "$(id -u)" = "0" ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
+    || { echo "FAILED: could not install Chromium; install it (apt-get install chromium) or set CHROMIUM=/path/to/chrome"; exit 1; }
+fi
+STRUCTLOSS_REQUIRE_BROWSER=1 python -m pytest tests/test_site_check.py -q -p no:cacheprovider \
+  || { echo "FAILED: the browser check's own test (tests/test_site_check.py)"; exit 1; }
+python tools/site_check.py _build/html --screenshots _build/screenshots \
+  || { echo "FAILED: pages of the site (see above); screenshots in _build/screenshots"; exit 1; }
 
 echo "==> all checks passed in $((SECONDS - start)) s"
