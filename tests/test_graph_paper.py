@@ -103,7 +103,8 @@ def test_tuning_grid_gives_both_losses_the_same_budget():
             rc, rg = ce.resolve(profile), gsl.resolve(profile)
             assert rc.train == rg.train and rc.seeds == rg.seeds
             assert rc.dataset_kwargs == rg.dataset_kwargs
-        assert ce.resolve("cpu").train["epochs"] == TUNE_EPOCHS and len(ce.resolve("cpu").seeds) >= 5
+        cpu = ce.resolve("cpu")
+        assert cpu.train["epochs"] == TUNE_EPOCHS and len(cpu.seeds) >= 5
         assert ce.objective == {} and gsl.objective["ce_weight"] == 0.0
     assert sorted({e.train["lr"] for e in TUNE_GRID["gsl"]}) == sorted(TUNE_LRS)
     assert len(set(e.name for v in TUNE_GRID.values() for e in v)) == 2 * len(TUNE_LRS)
