@@ -20,6 +20,10 @@ SOURCES = [  # (experiment or suite, chapter that runs it): one line per source
     ("ce_digits", "24_experiments"),
     ("ce_mnist1d", "24_experiments"),
     ("supcon2_digits", "24_experiments"),
+    ("silhouette_table1", "30_silhouette_paper"),
+    ("latent_boost_table2", "32_latent_boost_paper"),
+    ("latent_boost_table3", "32_latent_boost_paper"),
+    ("variance_greediness", "33_variance_greediness_paper"),
 ]
 
 # %% ../nbs/90_which_loss.ipynb #d7236166
@@ -46,15 +50,23 @@ def collect_results(sources=None, profile: str | None = None, out_dir: str | Non
     return found
 
 def method_of(exp: Experiment) -> str:
-    "A short name of an experiment's objective: `CE`, `CE + 1·SupCon (2 views)`, a factory's name."
+    "A short name of an objective: `CE`, `CE + SupCon (2 views)`, `0.25·(Magnet) + 0.75·CE`, a factory's."
     spec = exp.objective or {}
-    if "factory" in spec: return spec["factory"].rsplit(".", 1)[-1]
-    parts = ["CE"] if spec.get("ce_weight", 1.0) else []
+    if "factory" in spec:
+        kw = spec.get("kwargs", {})
+        loss = kw.get("loss")
+        label = loss.removesuffix("Loss") if isinstance(loss, str) else spec["factory"].rsplit(".", 1)[-1]
+        opts = ", ".join(f"{k}={v}" for k, v in kw.items() if k != "loss" and not isinstance(v, dict))
+        return f"{label} ({opts})" if opts else label
+    terms = []
     for term in spec.get("terms", {}).values():
         w = term.get("weight", 1.0)
-        parts.append(f"{'' if w == 1 else f'{w:g}·'}{term['loss'].removesuffix('Loss')}")
+        terms.append(f"{'' if w == 1 else f'{w:g}·'}{term['loss'].removesuffix('Loss')}")
     views = spec.get("views", 1)
-    return " + ".join(parts) + (f" ({views} views)" if views and views > 1 else "")
+    suffix = f" ({views} views)" if views and views > 1 else ""
+    mix = spec.get("mix")
+    if mix is not None: return f"{mix:g}·({' + '.join(terms)}) + {1 - mix:g}·CE" + suffix
+    return " + ".join((["CE"] if spec.get("ce_weight", 1.0) else []) + terms) + suffix
 
 
 # %% ../nbs/90_which_loss.ipynb #d31ee3f7
@@ -69,7 +81,8 @@ def decision_rows(results: list[tuple]) -> list[dict]:
     "One row per experiment: data set, method, `(mean, std, n)` of each criterion, chapter and run."
     rows = []
     for name, chapter, r in results:
-        row = {"experiment": name, "dataset": r.experiment.dataset,
+        setting = f"{r.experiment.dataset} ({chapter})"   # one chapter's protocol on one data set
+        row = {"experiment": name, "dataset": setting,
                "method": method_of(r.experiment), "chapter": chapter, "profile": r.profile,
                "seeds": len(r.metrics)}
         for crit, (metric, _, _) in CRITERIA.items(): row[crit] = r.summary.get(metric)
@@ -99,7 +112,7 @@ def _fmt(v, digits):
 def decision_table(rows: list[dict]) -> str:
     "The decision table as HTML: each number links to the chapter, and names the run, behind it."
     if not rows: return "<p>No results files yet: run the experiments first.</p>"
-    head = ["data set", "method", *CRITERIA, "run"]
+    head = ["setting", "method", *CRITERIA, "run"]
     body = []
     for r in rows:
         page = f'{r["chapter"]}.html'

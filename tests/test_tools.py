@@ -83,3 +83,38 @@ def test_book_copies_turn_glued_numpy_scalars_into_numbers():
                     nbformat.v4.new_output("display_data", data={rec: "np.int64(3)"})]
     assert plain_glue_numbers(cell) == 2
     assert [o.data[rec] for o in cell.outputs] == ["87.84", "'np.float64 stays'", "3"]
+
+
+def _first_code_cells():
+    from notebooks import chapters
+    for path in chapters():
+        cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        if not cells: continue                                    # prose-only pages (glossary, bibliography)
+        if cells[0].source.startswith("#| default_exp"): cells = cells[1:]
+        yield path.name, cells[0].source
+
+
+def test_every_chapter_starts_with_the_colab_cell():
+    from notebooks import COLAB_CELL
+    wrong = [name for name, first in _first_code_cells() if first != COLAB_CELL]
+    assert not wrong, f"chapters whose first code cell is not the Colab install cell: {wrong}"
+
+
+def test_colab_cell_in_a_simulated_colab(monkeypatch):
+    "As if on Colab (no network): the cell runs one pip install of the repository and selects `colab`."
+    import os, subprocess, types
+    from notebooks import COLAB_CELL, COLAB_INSTALL
+    import structloss.core as core
+    calls = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    for var in ("STRUCTLOSS_INSTALLED", "STRUCTLOSS_PROFILE"): monkeypatch.delenv(var, raising=False)
+    exec(COLAB_CELL, {})
+    exec(COLAB_CELL, {})                                          # a second chapter in the same runtime
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", COLAB_INSTALL]]
+    assert COLAB_INSTALL.startswith("structloss[colab] @ git+https://github.com/")
+    assert core.get_profile() == "colab"
+    monkeypatch.delitem(sys.modules, "google.colab")
+    monkeypatch.delenv("STRUCTLOSS_INSTALLED"); monkeypatch.delenv("STRUCTLOSS_PROFILE")
+    exec(COLAB_CELL, {})                                          # not on Colab: nothing happens
+    assert len(calls) == 1 and "STRUCTLOSS_PROFILE" not in os.environ
