@@ -21,6 +21,7 @@ SOURCES = [  # (experiment or suite, chapter that runs it): one line per source
     ("ce_mnist1d", "24_experiments"),
     ("supcon2_digits", "24_experiments"),
     ("silhouette_table1", "30_silhouette_paper"),
+    ("graph_paper_table2_tuned", "31_graph_paper"),
     ("latent_boost_table2", "32_latent_boost_paper"),
     ("latent_boost_table3", "32_latent_boost_paper"),
     ("variance_greediness", "33_variance_greediness_paper"),
