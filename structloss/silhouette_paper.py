@@ -236,7 +236,8 @@ SENSITIVITY = {("lambda", 1.0): TABLE1["CE+Sil", SENSITIVITY_SETTING],
                ("relative tau", 0.1): TEMPERATURE[SENSITIVITY_SETTING],
                ("beta", 0.1): TABLE1["CE+Sil", SENSITIVITY_SETTING]}
 for _v in (0.3, 3.0): SENSITIVITY["lambda", _v] = _variant(f"lambda_{_v}", sil=_sil(_v))
-for _v in (0.03, 0.3): SENSITIVITY["tau = beta", _v] = _variant(f"tau_{_v}", sil=_sil(temperature=_v))
+for _v in (0.03, 0.3):
+    SENSITIVITY["tau = beta", _v] = _variant(f"tau_{_v}", sil=_sil(temperature=_v))
 for _v in (0.3,):
     SENSITIVITY["relative tau", _v] = _variant(
         f"reltau_{_v}", sil=_sil(temperature=_v, temperature_scale="relative"))
