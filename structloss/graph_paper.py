@@ -151,8 +151,9 @@ _DIAG = [_GSL_M.derive("gsp_gsl_mnist1d_balanced", train={"sampler": {"m": 10, "
 SELECTED_LR = {"ce": 1e-2, "gsl": 1e-3}
 _D200 = next(e for e in GRAPH_PAPER if e.name == "gsp_gsl_mnist1d_d200")
 GRAPH_PAPER += [*TUNE_GRID["ce"], *TUNE_GRID["gsl"], *_DIAG, _tuned(_D200, SELECTED_LR["gsl"])]
-# many classes (Table 1's CIFAR-100): the `finegrained` data of the silhouette chapter, 40 classes in
-# 8 coarse groups, 15 training samples each; both losses at the rates selected on MNIST-1D, 30 epochs
+# many classes (Table 1's CIFAR-100): the `finegrained` data of the silhouette chapter,
+# 40 classes in 8 coarse groups, 15 training samples each; both losses at the rates
+# selected on MNIST-1D, 30 epochs
 import structloss.silhouette_paper  # noqa: F401  (registers the `finegrained` dataset)
 _fine = Experiment(
     "gsp_ce_finegrained", "finegrained",

@@ -159,8 +159,9 @@ def corruption_errors(metrics: dict, classifier: str = "argmax") -> dict:
 
 def mean_corruption_error(errors: dict, baseline: dict, min_degradation: float = 0.01) -> dict:
     """Clean error, mCE and relative mCE (eqs. 1-2, x100: the baseline scores 100) of `errors`.
-    Warns when the baseline's total degradation on a corruption (the denominator of eq. 2, summed
-    over severities) is at most `min_degradation`: its relative CE is then unstable or meaningless."""
+    Warns when the baseline's total degradation on a corruption (the denominator of eq. 2,
+    summed over severities) is at most `min_degradation`: its relative CE is then unstable
+    or meaningless."""
     names = [n for n in errors if n != "clean"]
     if sorted(names) != sorted(n for n in baseline if n != "clean"):
         other = sorted(n for n in baseline if n != "clean")
