@@ -8,6 +8,7 @@ Docs: https://structloss.github.io/structloss/robustness.html.md"""
 # %% ../nbs/25_robustness.ipynb #9fa2fc71
 from __future__ import annotations
 import math
+import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -156,8 +157,11 @@ def corruption_errors(metrics: dict, classifier: str = "argmax") -> dict:
         out.setdefault(name, {})[int(s)] = metrics[k]
     return {n: ([v[s] for s in sorted(v)] if isinstance(v, dict) else v) for n, v in out.items()}
 
-def mean_corruption_error(errors: dict, baseline: dict) -> dict:
-    "Clean error, mCE and relative mCE (eqs. 1-2, x100: the baseline scores 100) of `errors`."
+def mean_corruption_error(errors: dict, baseline: dict, min_degradation: float = 0.01) -> dict:
+    """Clean error, mCE and relative mCE (eqs. 1-2, x100: the baseline scores 100) of `errors`.
+    Warns when the baseline's total degradation on a corruption (the denominator of eq. 2,
+    summed over severities) is at most `min_degradation`: its relative CE is then unstable
+    or meaningless."""
     names = [n for n in errors if n != "clean"]
     if sorted(names) != sorted(n for n in baseline if n != "clean"):
         other = sorted(n for n in baseline if n != "clean")
@@ -167,7 +171,13 @@ def mean_corruption_error(errors: dict, baseline: dict) -> dict:
     for n in names:
         e, b = np.asarray(errors[n], float), np.asarray(baseline[n], float)
         ce[n] = 100 * e.sum() / b.sum()
-        rel[n] = 100 * (e - errors["clean"]).sum() / (b - baseline["clean"]).sum()
+        den = float((b - baseline["clean"]).sum())           # the baseline's total degradation
+        if den <= min_degradation:
+            warnings.warn(f"The baseline's total degradation on {n!r} is {den:.4g} "
+                          f"(<= min_degradation={min_degradation:g}): its relative CE divides by "
+                          f"about zero or a negative number; read relative mCE with care or drop "
+                          f"{n!r}.", RuntimeWarning, stacklevel=2)
+        rel[n] = (100 * (e - errors["clean"]).sum() / den) if abs(den) > 1e-12 else math.nan
     return {"clean_error": 100 * errors["clean"], "mCE": float(np.mean(list(ce.values()))),
             "relative_mCE": float(np.mean(list(rel.values()))), "CE": ce, "relative_CE": rel}
 

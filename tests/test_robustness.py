@@ -170,3 +170,24 @@ def test_corruption_errors_and_mce():
     assert corruption_errors(metrics, "argmax") == {"clean": 0.1, "blur": [0.2, 0.4]}
     assert corruption_errors(metrics, "knn10") == {"clean": 0.3}
     with pytest.raises(ValueError, match="classifiers present"): corruption_errors(metrics, "svc")
+
+
+def test_relative_mce_warns_on_near_zero_baseline_degradation():
+    import math, warnings
+    model = {"clean": 0.15, "blur": [0.2, 0.3], "shift": [0.3, 0.45]}
+    # blur: severity 1 below clean, the total degradation -0.02 + 0.025 = 0.005 (near zero)
+    near = {"clean": 0.1, "blur": [0.08, 0.125], "shift": [0.3, 0.5]}
+    with pytest.warns(RuntimeWarning, match="total degradation on 'blur'"):
+        r = mean_corruption_error(model, near)
+    assert math.isfinite(r["relative_CE"]["blur"]) and r["relative_CE"]["shift"] == pytest.approx(75)
+    zero = {"clean": 0.1, "blur": [0.05, 0.15], "shift": [0.3, 0.5]}          # exactly zero
+    with pytest.warns(RuntimeWarning, match="about zero or a negative"):
+        r = mean_corruption_error(model, zero)
+    assert math.isnan(r["relative_CE"]["blur"]) and math.isnan(r["relative_mCE"])
+    assert r["mCE"] == pytest.approx(100 * (0.5 / 0.2 + 0.75 / 0.8) / 2)        # mCE unaffected
+    with pytest.warns(RuntimeWarning):                                       # a custom threshold
+        mean_corruption_error(model, {"clean": 0.1, "blur": [0.2, 0.4], "shift": [0.3, 0.5]},
+                              min_degradation=0.5)
+    with warnings.catch_warnings():                                          # a healthy baseline
+        warnings.simplefilter("error")
+        mean_corruption_error(model, {"clean": 0.1, "blur": [0.2, 0.4], "shift": [0.3, 0.5]})

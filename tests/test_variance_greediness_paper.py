@@ -79,3 +79,18 @@ def test_verdict_rule():
     assert vg.claim_verdict([1, 0]) == "inconclusive"
     assert vg.claim_verdict([1, -1]) == "not reproduced"
     with pytest.raises(ValueError, match="finite"): vg.clear_sign([1.0, math.inf], [0.0, 1.0])
+
+
+def test_colab_profile_fits_the_seen_classes():
+    "colab: each batch's classes (p) and the class vectors fit the seen classes, without a download."
+    from structloss.data import TORCHVISION_DATASETS
+    from structloss.experiments import get_experiment
+    import structloss.variance_greediness_paper as vg
+    for key, (_, _, kw) in vg.VG_LOSSES.items():
+        e = get_experiment(f"vg_{key}").resolve("colab")
+        kwargs = e.dataset_kwargs
+        n_classes = TORCHVISION_DATASETS[kwargs["name"]][4]
+        n_seen = int(round(kwargs.get("seen_fraction", 0.5) * n_classes))
+        assert 2 <= e.train["sampler"]["p"] <= n_seen, key
+        if "num_classes" in kw:
+            assert e.objective["kwargs"]["loss_kwargs"]["num_classes"] == n_seen, key
