@@ -32,7 +32,8 @@ COLAB_CELL = f"""#| hide
 # On Colab: install structloss from its repository and use the `colab` profile (elsewhere: nothing).
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.environ.get("STRUCTLOSS_INSTALLED"):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{COLAB_INSTALL}"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "{COLAB_INSTALL}"], check=True)
     os.environ["STRUCTLOSS_INSTALLED"] = "1"
     os.environ.setdefault("STRUCTLOSS_PROFILE", "colab")"""
 
