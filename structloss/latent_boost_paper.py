@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from .experiments import Experiment, register_experiment, register_suite
 
-LAMBDA_GRID = {"cpu": (0.25, 0.5, 0.75), "colab": (0.1, 0.25, 0.5, 0.75, 0.9)}  # smoke runs the cpu grid
+LAMBDA_GRID = {"cpu": (0.25, 0.5, 0.75),                  # smoke runs the cpu grid
+               "colab": (0.1, 0.25, 0.5, 0.75, 0.9)}
 WARMUP = {"smoke": 0, "cpu": 2, "colab": 5}     # CE-only epochs before Latent Boost (Section 6.3)
 READINGS = {  # how eq. 11 is read: keyword arguments of LatentBoostLoss
     "literal": {},                                           # beta in the exponent, hinge

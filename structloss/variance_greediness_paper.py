@@ -337,7 +337,8 @@ VG_BASE = Experiment(
               "colab": {"dataset": "vg_class_split",
                         "dataset_kwargs": _COLAB_DATA,
                         "model": {"encoder": "vit_b_32"},
-                        "train": {"epochs": 100, "lr": 1e-4, "sampler": {"m": 10, "p": _COLAB_SEEN}}}},
+                        "train": {"epochs": 100, "lr": 1e-4,
+                                  "sampler": {"m": 10, "p": _COLAB_SEEN}}}},
     description="Variance & Greediness (Zeng et al. 2026): one loss on a frozen encoder, "
                 "128-d head")
 
@@ -354,7 +355,8 @@ register_suite("variance_greediness", VG_EXPERIMENTS,
 # Follow-ups (see "Where our runs differ, and why"): a separable world; a wider triplet margin
 VG_EASY = {"noise": 0.2, "fine_scale": 0.6}
 VG_FOLLOWUPS = [register_experiment(get_experiment(f"vg_{key}").derive(
-        f"vg_easy_{key}", dataset_kwargs=VG_EASY, profiles={"colab": None},  # a generated world only
+        f"vg_easy_{key}", dataset_kwargs=VG_EASY,
+        profiles={"colab": None},  # a generated world only
         description=f"Variance & Greediness: {VG_LOSSES[key][1]} on a separable world"),
     overwrite=True) for key in ("contrastive", "triplet", "infonce", "supcon")]
 VG_FOLLOWUPS.append(register_experiment(get_experiment("vg_triplet").derive(

@@ -51,13 +51,15 @@ def collect_results(sources=None, profile: str | None = None, out_dir: str | Non
     return found
 
 def method_of(exp: Experiment) -> str:
-    "A short name of an objective: `CE`, `CE + SupCon (2 views)`, `0.25·(Magnet) + 0.75·CE`, a factory's."
+    "A short name of an objective: `CE`, `CE + SupCon (2 views)`, `0.25·(Magnet) + 0.75·CE`, ..."
     spec = exp.objective or {}
     if "factory" in spec:
         kw = spec.get("kwargs", {})
         loss = kw.get("loss")
-        label = loss.removesuffix("Loss") if isinstance(loss, str) else spec["factory"].rsplit(".", 1)[-1]
-        opts = ", ".join(f"{k}={v}" for k, v in kw.items() if k != "loss" and not isinstance(v, dict))
+        factory = spec["factory"].rsplit(".", 1)[-1]
+        label = loss.removesuffix("Loss") if isinstance(loss, str) else factory
+        opts = ", ".join(f"{k}={v}" for k, v in kw.items()
+                         if k != "loss" and not isinstance(v, dict))
         return f"{label} ({opts})" if opts else label
     terms = []
     for term in spec.get("terms", {}).values():
