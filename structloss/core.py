@@ -13,8 +13,9 @@ import torch
 
 # %% auto #0
 __all__ = ['PROFILES', 'PROFILE_ENV', 'CHECK_FINITE_ON_DEVICE', 'get_profile', 'is_smoke', 'by_profile', 'get_device',
-           'seed_everything', 'environment_report', 'print_environment', 'check_embeddings', 'check_finite',
-           'check_labels', 'check_number', 'check_embeddings_labels', 'compute_dtype', 'EmbeddingLoss']
+           'seed_everything', 'environment_report', 'print_environment', 'reads_values', 'check_embeddings',
+           'check_finite', 'check_labels', 'check_class_ids', 'check_choice', 'check_number', 'check_embeddings_labels',
+           'compute_dtype', 'masked_logsumexp', 'EmbeddingLoss']
 
 # %% ../nbs/00_core.ipynb #778fbe54
 PROFILES = ("smoke", "cpu", "colab")
@@ -67,7 +68,11 @@ def print_environment(seeds=None, device=None) -> None:
     for k, v in environment_report(seeds, device).items(): print(f"{k:>12}: {v}")
 
 # %% ../nbs/00_core.ipynb #ed909095
-CHECK_FINITE_ON_DEVICE = False
+CHECK_FINITE_ON_DEVICE = False  # True: also read values on accelerators (finiteness, class-id range)
+
+def reads_values(x: torch.Tensor) -> bool:
+    "True where a check may read `x`'s values: always on CPU, on accelerators only with `CHECK_FINITE_ON_DEVICE`."
+    return x.device.type == "cpu" or CHECK_FINITE_ON_DEVICE
 
 def check_embeddings(embeddings, name: str = "embeddings", min_samples: int = 1) -> None:
     "Raise a clear error unless `embeddings` is a finite floating tensor of shape `[N, d]` with N >= `min_samples`."
@@ -88,7 +93,7 @@ def check_embeddings(embeddings, name: str = "embeddings", min_samples: int = 1)
 
 def check_finite(x: torch.Tensor, name: str) -> None:
     "Raise `ValueError` if `x` holds NaN or inf (on accelerators only when `CHECK_FINITE_ON_DEVICE`)."
-    if x.device.type != "cpu" and not CHECK_FINITE_ON_DEVICE: return
+    if not reads_values(x): return
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"`{name}` contains {n_bad} NaN or inf value(s); check the model's outputs "
@@ -108,6 +113,22 @@ def check_labels(labels, n: int | None = None, name: str = "labels") -> None:
     if n is not None and labels.shape[0] != n:
         raise ValueError(f"`{name}` has {labels.shape[0]} entries but the embeddings have {n} rows; "
                          f"each embedding needs exactly one label.")
+
+def check_class_ids(labels: torch.Tensor, num_classes: int, owner: str = "this loss") -> None:
+    "Raise `ValueError` unless every label is a class id in `[0, num_classes)` (reads values only where `reads_values`)."
+    if not reads_values(labels) or len(labels) == 0: return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"`labels` must be class ids in [0, num_classes={num_classes}) for {owner}; got values in "
+            f"[{lo}, {hi}]. Pass num_classes >= {max(hi + 1, num_classes)}, or map the labels to 0..C-1 "
+            f"first (torch.unique(labels, return_inverse=True)[1]).")
+
+def check_choice(name: str, value, options) -> str:
+    "`value` if it is one of `options` (strings), else a `ValueError` listing them."
+    if value not in options:
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(o) for o in options)}; got {value!r}.")
+    return value
 
 def check_number(name: str, value, minimum: float | None = None, positive: bool = False) -> float:
     "`value` as a float; a clear error unless it is a finite real number (>= `minimum`, or > 0 with `positive`)."
@@ -134,26 +155,73 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     "The dtype to compute in for input `x`: at least float32 (float64 stays float64)."
     return torch.promote_types(x.dtype, torch.float32)
 
+def masked_logsumexp(s: torch.Tensor, keep: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    "`log sum_j exp(s_ij)` over the entries where `keep`; a row with none left gives a huge negative finite value."
+    return torch.logsumexp(s.masked_fill(~keep, torch.finfo(s.dtype).min), dim=dim)
+
 # %% ../nbs/00_core.ipynb #7f05fb69
 class EmbeddingLoss(torch.nn.Module):
     "Base class of losses called as `loss(embeddings, labels)`: checks, float32 compute, input dtype out."
-    min_samples: int = 1  # the smallest batch the loss accepts
+    min_samples: int = 1             # the smallest batch the loss accepts
+    supports_reference: bool = False # True: takes `ref_emb`, `ref_labels` (positives, negatives from a reference set)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        "Check the inputs, compute in float32 (float64 stays float64) with autocast off, return the input dtype; extra arguments go to both."
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
+                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                **kwargs) -> torch.Tensor:
+        "Check the inputs, compute in float32 (float64 stays float64) with autocast off, return the input dtype."
         self.check_inputs(embeddings, labels, *args, **kwargs)
+        ref = self.check_reference(embeddings, ref_emb, ref_labels)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            loss = self.compute(embeddings.to(compute_dtype(embeddings)), labels, *args, **kwargs)
+            z, ref = self.cast(embeddings, ref)
+            loss = self.compute(z, labels, *args, **ref, **kwargs)
         return loss.to(embeddings.dtype)
 
     def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs) -> None:
         "Clear errors on bad input; a loss with more to check (parameters, extra arguments) extends this."
         check_embeddings_labels(embeddings, labels, self.min_samples)
 
+    def check_reference(self, embeddings, ref_emb, ref_labels) -> dict:
+        "`{}` without a reference set, else `{'ref_emb', 'ref_labels'}` after checking them against `embeddings`."
+        if ref_emb is None and ref_labels is None: return {}
+        name = type(self).__name__
+        if not self.supports_reference:
+            raise TypeError(f"{name} does not take a reference set (`ref_emb`, `ref_labels`); "
+                            f"call it as loss(embeddings, labels).")
+        if ref_emb is None or ref_labels is None:
+            raise ValueError("`ref_emb` and `ref_labels` go together: pass both (one label per reference row).")
+        check_embeddings(ref_emb, "ref_emb")
+        check_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+        if ref_emb.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"`ref_emb` has dimension d = {ref_emb.shape[1]} but `embeddings` have "
+                             f"d = {embeddings.shape[1]}; both must live in the same embedding space.")
+        if ref_emb.device != embeddings.device or ref_labels.device != embeddings.device:
+            raise ValueError(f"`ref_emb`/`ref_labels` must be on the embeddings' device {embeddings.device}; "
+                             f"move them with `.to(embeddings.device)`.")
+        return {"ref_emb": ref_emb, "ref_labels": ref_labels}
+
+    @staticmethod
+    def cast(embeddings: torch.Tensor, ref: dict) -> tuple[torch.Tensor, dict]:
+        "`embeddings` (and `ref_emb`) in one compute dtype: at least float32, float64 if either is."
+        dtype = compute_dtype(embeddings)
+        if ref: dtype = torch.promote_types(dtype, compute_dtype(ref["ref_emb"]))
+        if ref: ref = {**ref, "ref_emb": ref["ref_emb"].to(dtype)}
+        return embeddings.to(dtype), ref
+
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         "The loss on checked inputs (`embeddings` already in float32 or float64)."
         raise NotImplementedError
 
-    def active_ratio(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        "Fraction of the loss's terms that carry gradient on this batch (a 0-dim tensor in [0, 1])."
-        raise NotImplementedError(f"{type(self).__name__} does not define `active_ratio` yet.")
+    def active_ratio(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
+                     ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                     **kwargs) -> torch.Tensor:
+        "Fraction of the loss's terms that carry gradient on this batch: a 0-dim float tensor in [0, 1]."
+        self.check_inputs(embeddings, labels, *args, **kwargs)
+        ref = self.check_reference(embeddings, ref_emb, ref_labels)
+        with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
+            z, ref = self.cast(embeddings, ref)
+            active, terms = self.active_terms(z, labels, *args, **ref, **kwargs)
+        return (active & terms).sum().float() / terms.sum().clamp_min(1).float()
+
+    def active_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs):
+        "Boolean masks `(active, terms)` of one shape: the loss's terms, and those that carry gradient."
+        raise NotImplementedError(f"{type(self).__name__} does not define `active_terms` yet.")
