@@ -167,10 +167,10 @@ class EmbeddingLoss(torch.nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
                 ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
-                **kwargs) -> torch.Tensor:
+                self_in_ref: bool = False, **kwargs) -> torch.Tensor:
         "Check the inputs, compute in float32 (float64 stays float64) with autocast off, return the input dtype."
         self.check_inputs(embeddings, labels, *args, **kwargs)
-        ref = self.check_reference(embeddings, ref_emb, ref_labels)
+        ref = self.check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             z, ref = self.cast(embeddings, ref)
             loss = self.compute(z, labels, *args, **ref, **kwargs)
@@ -180,9 +180,11 @@ class EmbeddingLoss(torch.nn.Module):
         "Clear errors on bad input; a loss with more to check (parameters, extra arguments) extends this."
         check_embeddings_labels(embeddings, labels, self.min_samples)
 
-    def check_reference(self, embeddings, ref_emb, ref_labels) -> dict:
-        "`{}` without a reference set, else `{'ref_emb', 'ref_labels'}` after checking them against `embeddings`."
-        if ref_emb is None and ref_labels is None: return {}
+    def check_reference(self, embeddings, ref_emb, ref_labels, self_in_ref: bool = False) -> dict:
+        "`{}` without a reference set, else `{ref_emb, ref_labels, self_in_ref}` checked against `embeddings`."
+        if ref_emb is None and ref_labels is None:
+            if self_in_ref: raise ValueError("`self_in_ref=True` needs a reference set (`ref_emb`, `ref_labels`).")
+            return {}
         name = type(self).__name__
         if not self.supports_reference:
             raise TypeError(f"{name} does not take a reference set (`ref_emb`, `ref_labels`); "
@@ -197,7 +199,10 @@ class EmbeddingLoss(torch.nn.Module):
         if ref_emb.device != embeddings.device or ref_labels.device != embeddings.device:
             raise ValueError(f"`ref_emb`/`ref_labels` must be on the embeddings' device {embeddings.device}; "
                              f"move them with `.to(embeddings.device)`.")
-        return {"ref_emb": ref_emb, "ref_labels": ref_labels}
+        if self_in_ref and ref_emb.shape[0] < embeddings.shape[0]:
+            raise ValueError(f"`self_in_ref=True` means the first N = {embeddings.shape[0]} rows of `ref_emb` are the "
+                             f"batch itself, but `ref_emb` has only {ref_emb.shape[0]} rows.")
+        return {"ref_emb": ref_emb, "ref_labels": ref_labels, "self_in_ref": bool(self_in_ref)}
 
     @staticmethod
     def cast(embeddings: torch.Tensor, ref: dict) -> tuple[torch.Tensor, dict]:
@@ -213,10 +218,10 @@ class EmbeddingLoss(torch.nn.Module):
 
     def active_ratio(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
                      ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
-                     **kwargs) -> torch.Tensor:
+                     self_in_ref: bool = False, **kwargs) -> torch.Tensor:
         "Fraction of the loss's terms that carry gradient on this batch: a 0-dim float tensor in [0, 1]."
         self.check_inputs(embeddings, labels, *args, **kwargs)
-        ref = self.check_reference(embeddings, ref_emb, ref_labels)
+        ref = self.check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
         with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
             z, ref = self.cast(embeddings, ref)
             active, terms = self.active_terms(z, labels, *args, **ref, **kwargs)

@@ -70,12 +70,16 @@ def pairwise_distances(x: torch.Tensor, y: torch.Tensor | None = None, metric: s
     return d.to(x.dtype)
 
 # %% ../nbs/01_geometry.ipynb #beedc8db
-def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "Boolean `[N, N]` masks of positive pairs (same label, i != j) and negative pairs (eq. 2)."
+def label_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
+                self_in_ref: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    "Boolean masks of positive pairs (same label, not the anchor itself) and negative pairs (eq. 2)."
     check_labels(labels)
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    return same & ~eye, ~same
+    if ref_labels is None: ref_labels, self_in_ref = labels, True   # [N, N]: the batch is its own reference
+    same = labels[:, None] == ref_labels[None, :]                     # [N, M]
+    if not self_in_ref: return same, ~same
+    n = len(labels)
+    itself = torch.eye(n, ref_labels.shape[0], dtype=torch.bool, device=labels.device)  # j == i, j < N
+    return same & ~itself, ~same
 
 # %% ../nbs/01_geometry.ipynb #62501767
 def class_index(labels: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, int]:
