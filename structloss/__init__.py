@@ -3,6 +3,7 @@
 Modules:
 
 - `structloss.at_a_glance`: Every loss of the book moves the same toy batch on the circle, side by side and animated step by step, each panel with its VARIANCE and GREEDINESS numbers.
+- `structloss.bench`: Every loss timed against its own floor and against pytorch-metric-learning, in one process and one run: forward and backward time, peak memory, the naive loops, and the cost of a training step.
 - `structloss.contrastive`: Pull each sample towards the samples that share its label and push it from all others, through a softmax over cosine similarities: InfoNCE (NT-Xent) and supervised contrastive learning (SupCon).
 - `structloss.core`: The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results are stamped with their provenance, and how every loss and metric rejects bad input.
 - `structloss.data`: Datasets with fixed train/validation/test splits, the papers' image pipelines, and a two-view wrapper: the data half of the bench every experiment in the book runs on.
