@@ -1,5 +1,6 @@
-"""The harness of `structloss bench` (chapter 40): quick mode, the results' schema, the ratio and verdict
-arithmetic on synthetic timings, the memory cap, the command line. No test asserts a wall-clock time."""
+"""The harness of `structloss bench` (chapter 40): quick mode, the results' schema, the ratio
+and verdict arithmetic on synthetic timings, the memory cap, the command line.
+No test asserts a wall-clock time."""
 import argparse, json, os
 import pytest
 import torch
@@ -27,7 +28,7 @@ def results(cells=(), losses=None, silhouette=(), train=None):
             **({"train_steps": {"methods": train}} if train else {})}
 
 
-# --- arithmetic -------------------------------------------------------------------------------------
+# --- arithmetic -------------------------------------------------------------------------
 def test_ratio_uses_rounds_so_a_spike_cancels():
     ours, floor = [1.0, 1.0, 5.0, 1.0, 1.0], [0.5, 0.5, 2.5, 0.5, 0.5]
     assert B.ratio(ours, floor) == pytest.approx(2.0)
@@ -113,7 +114,7 @@ def test_missed_targets_need_reasons():
     assert len(B.check_reasons(rows, {"SupConLoss: floor": "an extra pass over N x N"})) == 1
 
 
-# --- measuring ----------------------------------------------------------------------------------------
+# --- measuring --------------------------------------------------------------------------
 def test_peak_memory_counts_live_tensors():
     def two():
         a = torch.ones(512, 512)
@@ -197,7 +198,7 @@ def test_loops_without_notebooks_are_reported(monkeypatch):
     assert rows[0]["status"].startswith("no loop")
 
 
-# --- the run, its file, the command line ---------------------------------------------------------------
+# --- the run, its file, the command line ------------------------------------------------
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
@@ -220,8 +221,8 @@ def test_quick_mode_schema(quick_run):
         for name, m in c["methods"].items():
             assert m["status"] == "ok" and len(m["times_s"]) >= 1 and m["peak_bytes"] > 0
         assert ("pml" in c["methods"]) == (c["loss"] in B.PML)
-    assert [r["status"] for r in res["loops"]] in (["ok", "ok"], ["no loop: the chapters' "
-                                                                  "notebooks are not available"] * 2)
+    no_loop = "no loop: the chapters' notebooks are not available"
+    assert [r["status"] for r in res["loops"]] in (["ok", "ok"], [no_loop] * 2)
     assert [r["N"] for r in res["silhouette"]] == list(QUICK["linear_sizes"])
     assert [r["N"] for r in res["pml_ntxent"]] == list(QUICK["ntxent_sizes"])
     assert set(res["train_steps"]["methods"]) == set(B.TRAIN_METHODS)
