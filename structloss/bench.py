@@ -209,8 +209,12 @@ def _child() -> None:
     "A guarded measurement: its spec on stdin, its result as one JSON line on stdout."
     spec = json.loads(sys.stdin.read())
     torch.set_num_threads(spec["threads"])
-    if spec.get("cap_gib"):   # counted from here: torch's libraries are mapped already
-        limit = _vm_size() + int(spec["cap_gib"] * 2**30)
+    device, cap = torch.device(spec.get("device", "cpu")), spec.get("cap_gib")
+    if cap and device.type == "cuda":   # the GPU's memory: a fraction of the device's
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total), device)
+    elif cap:                 # counted from here: torch's libraries are mapped already
+        limit = _vm_size() + int(cap * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try: out = globals()[spec["func"]](**spec["kwargs"])
     except (RuntimeError, MemoryError) as e:
@@ -218,12 +222,13 @@ def _child() -> None:
     print(_MARK + json.dumps(out), flush=True)
 
 def run_guarded(func: str, kwargs: dict, cap_gib: float | None = 6.0,
-                timeout_s: float = 60.0, threads: int | None = None) -> dict:
+                timeout_s: float = 60.0, threads: int | None = None,
+                device="cpu") -> dict:
     "`structloss.bench.<func>(**kwargs)` in a subprocess, capped in memory and time."
     if not callable(globals().get(func)) or func.startswith("_"):
         raise ValueError(f"`func` must name a public function of structloss.bench; "
                          f"got {func!r}.")
-    spec = {"func": func, "kwargs": kwargs, "cap_gib": cap_gib,
+    spec = {"func": func, "kwargs": kwargs, "cap_gib": cap_gib, "device": str(device),
             "threads": threads or torch.get_num_threads()}
     path = os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))
     try:
@@ -288,7 +293,8 @@ def _guarded_cell(name: str, N: int, C: int, settings: dict, device, threads) ->
     kw = {"name": name, "N": N, "C": C, "settings": settings, "device": str(device),
           "cap_gib": settings["memory_cap_gib"]}
     timeout = 30 + 3 * settings["budget_s"] + 2 * settings["call_limit_s"]
-    res = run_guarded("measure_cell", kw, settings["memory_cap_gib"], timeout, threads)
+    cap = settings["memory_cap_gib"]
+    res = run_guarded("measure_cell", kw, cap, timeout, threads, device)
     if "methods" in res: return res
     cell = measure_cell(name, N, C, settings, device, methods=("ours", "floor"))
     cell["methods"]["pml"] = {"status": res["status"]}
@@ -493,7 +499,7 @@ def measure_pml_ntxent(settings: dict, device="cpu", threads=None, log=print) ->
         if N >= GUARD_FROM_N:
             timeout = 30 + 3 * settings["call_limit_s"]
             res = run_guarded("measure_cell", {**kw, "device": str(device)},
-                              settings["memory_cap_gib"], timeout, threads)
+                              settings["memory_cap_gib"], timeout, threads, device)
         else: res = measure_cell(**kw, device=device)
         m = res.get("methods", {})
         row = {"N": N, "C": 100, "ours": m.get("ours", {"status": res.get("status")}),
