@@ -33,10 +33,10 @@ MODES = {
                   call_limit_s=10.0, memory_cap_gib=6.0, ntxent_sizes=(64, 128),
                   train_repeats=3, train_steps=1, train_batch=40),
     "full": dict(sizes=(256, 1024, 4096), linear_sizes=(256, 1024, 4096, 16384),
-                 classes=(10, 100), dim=128, repeats=5, warmup=1, loop_n=32,
-                 loop_classes=4, budget_s=15.0, call_limit_s=40.0, memory_cap_gib=6.0,
-                 ntxent_sizes=(128, 256, 512, 1024), train_repeats=7, train_steps=5,
-                 train_batch=128),
+                 classes=(10, 100), dim=128, repeats=5, min_time_s=0.1, warmup=1,
+                 loop_n=32, loop_classes=4, budget_s=15.0, call_limit_s=40.0,
+                 memory_cap_gib=6.0, ntxent_sizes=(128, 256, 512, 1024), train_repeats=7,
+                 train_steps=5, train_batch=128),
 }
 
 def check_mode(mode: str) -> dict:
@@ -113,13 +113,15 @@ def time_call(fn, device="cpu") -> float:
     return time.perf_counter() - t
 
 def interleaved_times(fns: dict, repeats: int = 5, warmup: int = 1, device="cpu",
-                      budget_s: float | None = None) -> dict:
+                      budget_s: float | None = None, min_time_s: float | None = None,
+                      max_repeats: int = 30) -> dict:
     "`{name: [seconds per call]}`: each round calls every one of `fns` once, in turn."
     for _ in range(warmup):
         for f in fns.values(): f()
     sync(device)
     times, spent = {k: [] for k in fns}, {k: 0.0 for k in fns}
-    for r in range(repeats):
+    for r in range(max(repeats, max_repeats if min_time_s else 0)):
+        if r >= repeats and (not min_time_s or min(spent.values()) >= min_time_s): break
         for k, f in fns.items():
             if r and budget_s is not None and spent[k] >= budget_s:
                 continue                                     # slow: fewer rounds
@@ -277,7 +279,7 @@ def measure_cell(name: str, N: int, C: int, settings: dict, device="cpu",
                       "first_call_s": first}
             del fns[k]
     times = interleaved_times(fns, settings["repeats"], max(settings["warmup"] - 1, 0),
-                              device, settings["budget_s"])
+                              device, settings["budget_s"], settings.get("min_time_s"))
     for k, ts in times.items():
         out[k] = {"status": "ok", "times_s": ts, "median_s": median(ts)}
         if memory:
@@ -474,7 +476,7 @@ def measure_silhouette(settings: dict, device="cpu", log=print) -> list:
                 xn, yn = xd.numpy(), y.numpy()
                 fns["metric_sklearn"] = lambda: sk_silhouette(xn, yn, metric="cosine")
         times = interleaved_times(fns, settings["repeats"], settings["warmup"], device,
-                                  settings["budget_s"])
+                                  settings["budget_s"], settings.get("min_time_s"))
         row = {"N": N, "C": C, **{f"{k}_s": median(v) for k, v in times.items()}}
         if "loss_quadratic" in times:
             row["quadratic_vs_linear"] = ratio(times["loss_quadratic"], times["loss"])

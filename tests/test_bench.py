@@ -50,6 +50,9 @@ def test_interleaving_order_and_budget():
     assert calls == ["a", "b"] * 5
     t = B.interleaved_times({"x": lambda: None}, repeats=4, warmup=0, budget_s=0.0)
     assert len(t["x"]) == 1            # a spent budget stops the rounds after the first
+    t = B.interleaved_times({"x": lambda: None, "y": lambda: None}, repeats=2, warmup=0,
+                            min_time_s=10.0, max_repeats=9)
+    assert [len(v) for v in t.values()] == [9, 9]    # fast calls: more rounds, for every method
 
 
 def test_floor_targets_met_and_missed():
