@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-from .core import (EmbeddingLoss, check_choice, check_class_ids, check_embeddings_labels,
-                            check_number)
+from .core import (EmbeddingLoss, check_choice, check_class_ids,
+                            check_embeddings_labels, check_number)
 from .geometry import safe_normalize, safe_sqrt, squared_euclidean_distances
 from .geometry import class_counts, class_sums
 
@@ -25,7 +25,7 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def init_class_vectors(num_classes: int, embedding_size: int, seed: int | None = None
                       ) -> torch.nn.Parameter:
-    "A `[num_classes, embedding_size]` parameter of N(0, 1) draws (global RNG, or from `seed`)."
+    "A `[num_classes, embedding_size]` parameter of N(0, 1) draws (global RNG or `seed`)."
     if num_classes < 1 or embedding_size < 1:
         raise ValueError(f"`num_classes` and `embedding_size` must be >= 1; "
                          f"got {num_classes} and {embedding_size}.")
@@ -34,7 +34,7 @@ def init_class_vectors(num_classes: int, embedding_size: int, seed: int | None =
 
 # %% ../nbs/13_proxies.ipynb #8615a1ab
 class ClassVectorLoss(EmbeddingLoss):
-    "Base of losses with one learnable vector per class: checks `d`, device and label ids."
+    "Base of losses with one learnable vector per class: checks `d`, device, label ids."
     def __init__(self, num_classes: int, embedding_size: int, active_tol: float = 0.01,
                  reduction: str = "mean"):
         super().__init__()
@@ -47,20 +47,22 @@ class ClassVectorLoss(EmbeddingLoss):
         raise NotImplementedError
 
     def check_inputs(self, embeddings, labels):
-        "Shape and dtype checks, then: `d == embedding_size`, same device, labels in `[0, C)`."
+        "Shape and dtype checks; `d == embedding_size`, same device, labels in `[0, C)`."
         check_embeddings_labels(embeddings, labels, self.min_samples)
         name = type(self).__name__
         if embeddings.shape[1] != self.embedding_size:
-            raise ValueError(f"`embeddings` have dimension d = {embeddings.shape[1]} but {name} "
-                             f"was built with embedding_size={self.embedding_size}.")
+            raise ValueError(f"`embeddings` have dimension d = {embeddings.shape[1]} but "
+                             f"{name} was built with "
+                             f"embedding_size={self.embedding_size}.")
         if self.class_vectors().device != embeddings.device:
-            raise ValueError(f"{name}'s parameters are on {self.class_vectors().device} but "
-                             f"`embeddings` on {embeddings.device}; move the loss with "
-                             f"`loss.to(embeddings.device)` (before building the optimizer).")
+            raise ValueError(f"{name}'s parameters are on {self.class_vectors().device} "
+                             f"but `embeddings` on {embeddings.device}; move the loss "
+                             f"with `loss.to(embeddings.device)` (before building the "
+                             f"optimizer).")
         check_class_ids(labels, self.num_classes, name)
 
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
-        "Per-sample losses `[N]` reduced as `reduction` says: their mean, their sum, or as they are."
+        "Per-sample losses `[N]` reduced as `reduction` says: mean, sum, or none."
         if self.reduction == "none": return per_sample
         return per_sample.sum() if self.reduction == "sum" else per_sample.mean()
 
@@ -70,34 +72,35 @@ class ClassVectorLoss(EmbeddingLoss):
 
     def cosines(self, embeddings, scale: float = 1.0):
         "`scale * cos(theta_ij)` between each embedding and each class vector, `[N, C]`."
-        x_hat, w_hat = safe_normalize(embeddings), safe_normalize(self.vectors_like(embeddings))
+        x_hat = safe_normalize(embeddings)                               # (N, d)
+        w_hat = safe_normalize(self.vectors_like(embeddings))             # (C, d)
         return torch.addmm(x_hat.new_zeros(()), x_hat, w_hat.T, beta=0, alpha=scale)
 
 # %% ../nbs/13_proxies.ipynb #c8c79c48
 def target_logit(own: torch.Tensor, margin: tuple | None = None):
-    "The own-class logit `x` after a margin, and its slope `dt/dx` (None: 1); see the losses below."
+    "The own-class logit `x` after a margin, and its slope `dt/dx` (None: 1)."
     if margin is None: return own, None
     kind, m, s = margin
     if kind == "cosine": return own - s * m, None                # s (cos - m)
-    cos = own / s                                                # "angular": s psi(theta), eq. 5
-    t = additive_angular_margin(cos, m)                          # (ArcFace section)
+    cos = own / s                                # "angular": s psi(theta), eq. 5
+    t = additive_angular_margin(cos, m)          # (ArcFace section)
     sin = safe_sqrt((1 - cos * cos).clamp_min(0))
-    inside = cos >= -math.cos(m)                                 # theta <= pi - m
+    inside = cos >= -math.cos(m)                 # theta <= pi - m
     slope = math.cos(m) + math.sin(m) * cos / sin.clamp_min(torch.finfo(sin.dtype).tiny)
-    slope = torch.where(sin > 0, slope, math.cos(m))             # sqrt's slope 0 at 0 (safe_sqrt)
+    slope = torch.where(sin > 0, slope, math.cos(m))   # safe_sqrt: slope 0 at 0
     return s * t, torch.where(inside, slope, 1.0)
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
-    "Per-sample `LSE_j(a_ij) - a_iy` and the own logit `x_i`; `a`: logits with `x_i` -> its target."
+    "`LSE_j(a_ij) - a_iy` and `x_i` `[N]`; `a`: the logits with `x_i` -> its target."
     @staticmethod
     def forward(ctx, logits, ids, margin, exclude_target):
         idx = ids[:, None]
-        own = logits.gather(1, idx)                                       # (N, 1) x_i
-        t, slope = target_logit(own, margin)                              # (N, 1) a_iy
+        own = logits.gather(1, idx)                                  # (N, 1) x_i
+        t, slope = target_logit(own, margin)                         # (N, 1) a_iy
         a = logits
-        if exclude_target: a = logits.scatter(1, idx, torch.finfo(logits.dtype).min)
-        elif margin is not None: a = logits.scatter(1, idx, t)            # a copy, not a mask
-        lse = torch.logsumexp(a, 1, keepdim=True)                         # the stable step
+        if exclude_target: a = logits.scatter(1, idx, torch.finfo(t.dtype).min)
+        elif margin is not None: a = logits.scatter(1, idx, t)       # a copy, no mask
+        lse = torch.logsumexp(a, 1, keepdim=True)                    # the stable step
         ctx.save_for_backward(a, lse, idx, slope)
         return (lse - t).squeeze(1), own.squeeze(1)
 
@@ -105,50 +108,51 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss, grad_own):
         a, lse, idx, slope = ctx.saved_tensors
-        g = grad_loss[:, None]                                            # (N, 1)
-        grad = (a - lse).exp_().mul_(g)                                   # g q_ij, (N, C)
-        d_own = grad.gather(1, idx) - g                                   # d l_i / d a_iy
-        if slope is not None: d_own = d_own * slope                       # chain rule: x_i -> a_iy
+        g = grad_loss[:, None]                                       # (N, 1)
+        grad = (a - lse).exp_().mul_(g)                              # g q_ij, (N, C)
+        d_own = grad.gather(1, idx) - g                              # d l_i / d a_iy
+        if slope is not None: d_own = d_own * slope                  # x_i -> a_iy
         if grad_own is not None: d_own = d_own + grad_own[:, None]
         return grad.scatter_(1, idx, d_own), None, None, None
 
 def softmax_cross_entropy(logits: torch.Tensor, # a_ij [N, C]
                           ids: torch.Tensor, # y_i [N]
                           exclude_target: bool = False, # drop y_i from the denominator
-                          margin: tuple | None = None, # ("cosine" | "angular", m, s) on a_iy
+                          margin: tuple | None = None, # ("cosine"/"angular", m, s)
                           with_own: bool = False, # also return the own logit x_i [N]
                          ):
-    "`-log q_{i,y_i}` `[N]` by a stable log-sum-exp, an index (no one-hot) and a one-pass backward."
+    "`-log q_{i,y_i}` `[N]`: stable log-sum-exp, an index (no one-hot), one-pass backward."
     loss, own = _SoftmaxCrossEntropy.apply(logits, ids, margin, exclude_target)
     return (loss, own) if with_own else loss
 
 @torch.no_grad()
 def softmax_active(logits: torch.Tensor, ids: torch.Tensor, active_tol: float,
-                   exclude_target: bool = False, margin: tuple | None = None) -> torch.Tensor:
+                   exclude_target: bool = False, margin: tuple | None = None
+                  ) -> torch.Tensor:
     "Boolean `[N]`: `max_j |d l_i / d a_ij| > active_tol` for `softmax_cross_entropy`."
     idx = ids[:, None]
     t, _ = target_logit(logits.gather(1, idx), margin)
     fill = torch.finfo(logits.dtype).min if exclude_target else t
-    q = torch.softmax(logits.scatter(1, idx, fill), dim=1)                # (N, C)
-    own = 1 - q.gather(1, idx).squeeze(1)                                 # |q_iy - 1|
+    q = torch.softmax(logits.scatter(1, idx, fill), dim=1)              # (N, C)
+    own = 1 - q.gather(1, idx).squeeze(1)                               # |q_iy - 1|
     return torch.maximum(q.scatter(1, idx, 0).amax(1), own) > active_tol
 
 # %% ../nbs/13_proxies.ipynb #16801c21
 class ProxyNCALoss(ClassVectorLoss):
-    "ProxyNCA (eq. 1): softmax over `-sigma ||x_hat - p_hat||^2` to all proxies, as PML's."
+    "ProxyNCA (eq. 1): a softmax over `-sigma ||x_hat - p_hat||^2`, as PML's."
     def __init__(self,
                  num_classes: int,                # C: one proxy per class
                  embedding_size: int,             # d
-                 softmax_scale: float = 1.0,      # sigma in eq. 1 (PML's 1; the chapter trains with 8)
-                 exclude_positive: bool = False,  # True: the paper's denominator without y_i
-                 seed: int | None = None,         # proxies ~ N(0, I) from this seed; None: global RNG
-                 active_tol: float = 0.01,        # active: max_j |dl_i/da_ij| > active_tol
-                 reduction: str = "mean",         # "mean", "sum" or "none" (per-sample l_i)
+                 softmax_scale: float = 1.0,      # sigma in eq. 1 (PML: 1; we train: 8)
+                 exclude_positive: bool = False,  # True: the paper's denominator, no y_i
+                 seed: int | None = None,         # proxies ~ N(0, I); None: global RNG
+                 active_tol: float = 0.01,        # active: max_j |dl_i/da_ij| > this
+                 reduction: str = "mean",         # "mean", "sum", "none" (the l_i)
                 ):
         super().__init__(num_classes, embedding_size, active_tol, reduction)
         if exclude_positive and num_classes < 2:
-            raise ValueError("`exclude_positive=True` needs num_classes >= 2: the denominator of "
-                             "eq. 1 would be empty.")
+            raise ValueError("`exclude_positive=True` needs num_classes >= 2: the "
+                             "denominator of eq. 1 would be empty.")
         self.softmax_scale = check_number("softmax_scale", softmax_scale, positive=True)
         self.exclude_positive = exclude_positive
         self.proxies = init_class_vectors(num_classes, embedding_size, seed)
@@ -162,19 +166,19 @@ class ProxyNCALoss(ClassVectorLoss):
         return -self.softmax_scale * squared_euclidean_distances(x_hat, p_hat)  # (N, C)
 
     def shifted_logits(self, embeddings):
-        "`a_ij + sigma ||x_hat_i||^2 = 2 sigma x_hat_i.p_hat_j - sigma ||p_hat_j||^2`: one product."
+        "`a_ij + sigma ||x_hat_i||^2 = 2 sigma x_hat_i.p_hat_j - sigma ||p_hat_j||^2`."
         sigma = self.softmax_scale
         x_hat = safe_normalize(embeddings)
         p_hat = safe_normalize(self.vectors_like(embeddings))
-        bias = -sigma * (p_hat * p_hat).sum(1).detach()    # 0 or -sigma, constant: no gradient
+        bias = -sigma * (p_hat * p_hat).sum(1).detach()    # 0 or -sigma: no gradient
         return torch.addmm(bias, x_hat, p_hat.T, alpha=2 * sigma)       # (N, C)
 
     def compute(self, embeddings, labels):
-        logits = self.shifted_logits(embeddings)  # a row's constant cancels in the softmax
+        logits = self.shifted_logits(embeddings)  # a row constant cancels in a softmax
         return self.reduce(softmax_cross_entropy(logits, labels, self.exclude_positive))
 
     def active_terms(self, embeddings, labels):
-        "Per sample: a logit gradient above `active_tol` (always, with `exclude_positive`)."
+        "Per sample: a logit gradient above `active_tol` (always, `exclude_positive`)."
         logits = self.shifted_logits(embeddings)
         active = softmax_active(logits, labels, self.active_tol, self.exclude_positive)
         return active, torch.ones_like(active)
@@ -185,9 +189,9 @@ class CenterLoss(ClassVectorLoss):
     def __init__(self,
                  num_classes: int,           # C: one centre per class
                  embedding_size: int,        # d
-                 seed: int | None = None,    # centres ~ N(0, I) from this seed; None: global RNG
+                 seed: int | None = None,    # centres ~ N(0, I); None: global RNG
                  active_tol: float = 0.01,   # active: ||x_i - c_{y_i}|| > active_tol
-                 reduction: str = "mean",    # "mean", "sum" or "none" (||x_i - c_{y_i}||^2 / 2)
+                 reduction: str = "mean",    # "mean", "sum", "none" (|x_i - c_y|^2 / 2)
                 ):
         super().__init__(num_classes, embedding_size, active_tol, reduction)
         self.centers = init_class_vectors(num_classes, embedding_size, seed)
@@ -195,7 +199,7 @@ class CenterLoss(ClassVectorLoss):
     def class_vectors(self): return self.centers
 
     def compute(self, embeddings, labels):
-        diff = embeddings - self.vectors_like(embeddings)[labels]       # (N, d)  x_i - c_{y_i}
+        diff = embeddings - self.vectors_like(embeddings)[labels]   # (N, d) x_i - c_{y_i}
         return self.reduce(0.5 * (diff * diff).sum(1))
 
     def active_terms(self, embeddings, labels):
@@ -207,7 +211,7 @@ class CenterLoss(ClassVectorLoss):
     @torch.no_grad()
     def update_centers_(self, embeddings: torch.Tensor, labels: torch.Tensor,
                         alpha: float = 0.5) -> None:
-        "The paper's centre update (eq. 3), in place; use it instead of optimizing `centers`."
+        "The paper's centre update (eq. 3), in place; instead of optimizing `centers`."
         self.check_inputs(embeddings, labels)
         c = self.centers
         x = embeddings.detach().to(c.dtype)
@@ -219,23 +223,25 @@ class CenterLoss(ClassVectorLoss):
 def additive_angular_margin(cos: torch.Tensor, margin: float) -> torch.Tensor:
     "`psi(theta)` of eq. 5 from `cos(theta)`, without acos (`margin` m in radians)."
     sin = safe_sqrt((1 - cos * cos).clamp_min(0))
-    return torch.where(cos >= -math.cos(margin), cos * math.cos(margin) - sin * math.sin(margin),
+    return torch.where(cos >= -math.cos(margin),                     # theta <= pi - m
+                       cos * math.cos(margin) - sin * math.sin(margin),
                        cos - margin * math.sin(margin))
 
 class ArcFaceLoss(ClassVectorLoss):
-    "ArcFace (Deng et al. 2019, eq. 3): scaled cosine softmax, additive angular margin on y_i."
+    "ArcFace (Deng et al. 2019, eq. 3): a cosine softmax, an angular margin on y_i."
     def __init__(self,
                  num_classes: int,          # C: one weight vector per class
                  embedding_size: int,       # d
-                 margin: float = 28.6,      # m in eq. 5, in degrees (PML's default, ~0.5 rad)
+                 margin: float = 28.6,      # m in eq. 5, in degrees (PML's, ~0.5 rad)
                  scale: float = 64.0,       # s in eq. 5
-                 seed: int | None = None,   # weights ~ N(0, I) from this seed; None: global RNG
+                 seed: int | None = None,   # weights ~ N(0, I); None: global RNG
                  active_tol: float = 0.01,  # active: max_j |dl_i/da_ij| > active_tol
                  reduction: str = "mean",   # "mean", "sum" or "none" (per-sample l_i)
                 ):
         super().__init__(num_classes, embedding_size, active_tol, reduction)
         if not 0 <= margin < 180:
-            raise ValueError(f"`margin` is an angle in degrees in [0, 180); got {margin}.")
+            raise ValueError(f"`margin` is an angle in degrees in [0, 180); "
+                             f"got {margin}.")
         self.margin, self.scale = margin, check_number("scale", scale, positive=True)
         self.weights = init_class_vectors(num_classes, embedding_size, seed)
 
@@ -249,29 +255,32 @@ class ArcFaceLoss(ClassVectorLoss):
         "`a_ij` of eq. 5, `[N, C]`: `s cos(theta_ij)`, the own class `s psi(theta_iy)`."
         scaled = self.cosines(embeddings, self.scale)                          # (N, C)
         idx = labels[:, None]
-        return scaled.scatter(1, idx, target_logit(scaled.gather(1, idx), self.margin_spec())[0])
+        target, _ = target_logit(scaled.gather(1, idx), self.margin_spec())
+        return scaled.scatter(1, idx, target)
 
     def compute(self, embeddings, labels):
-        scaled = self.cosines(embeddings, self.scale)                          # s cos, (N, C)
-        return self.reduce(softmax_cross_entropy(scaled, labels, margin=self.margin_spec()))
+        scaled = self.cosines(embeddings, self.scale)                 # s cos, (N, C)
+        ce = softmax_cross_entropy(scaled, labels, margin=self.margin_spec())
+        return self.reduce(ce)
 
     def active_terms(self, embeddings, labels):
         "Per sample: a logit gradient above `active_tol`."
         scaled = self.cosines(embeddings, self.scale)
-        active = softmax_active(scaled, labels, self.active_tol, margin=self.margin_spec())
+        active = softmax_active(scaled, labels, self.active_tol,
+                                margin=self.margin_spec())
         return active, torch.ones_like(active)
 
 # %% ../nbs/13_proxies.ipynb #32ffb4e3
 class CenterContrastiveLoss(ClassVectorLoss):
-    "Center Contrastive Loss (Cai et al. 2023), **reconstructed**: margin softmax + pull (eqs. 6-7)."
+    "Center Contrastive Loss (Cai et al. 2023), reconstructed: eqs. 6-7."
     def __init__(self,
                  num_classes: int,              # C: one centre per class
                  embedding_size: int,           # d
                  scale: float = 32.0,           # s in eq. 6 (our choice; not public)
-                 margin: float = 0.1,           # m in eq. 6: cosine units, or degrees if angular
-                 margin_type: str = "cosine",   # "cosine" (s(cos - m)) or "angular" (eq. 5)
+                 margin: float = 0.1,           # m (eq. 6): cosine units, or degrees
+                 margin_type: str = "cosine",   # "cosine": s(cos - m); "angular": eq. 5
                  pull_weight: float = 1.0,      # lambda in eq. 7 (our choice; not public)
-                 seed: int | None = None,       # centres ~ N(0, I) from this seed; None: global RNG
+                 seed: int | None = None,       # centres ~ N(0, I); None: global RNG
                  active_tol: float = 0.01,      # see the active rule above
                  reduction: str = "mean",       # "mean", "sum" or "none" (per-sample l_i)
                 ):
@@ -279,8 +288,8 @@ class CenterContrastiveLoss(ClassVectorLoss):
         check_choice("margin_type", margin_type, ("cosine", "angular"))
         self.scale = check_number("scale", scale, positive=True)
         self.margin = check_number("margin", margin)
-        self.margin_type, self.pull_weight = margin_type, check_number("pull_weight", pull_weight,
-                                                                       minimum=0)
+        self.margin_type = margin_type
+        self.pull_weight = check_number("pull_weight", pull_weight, minimum=0)
         self.centers = init_class_vectors(num_classes, embedding_size, seed)
 
     def class_vectors(self): return self.centers
@@ -291,8 +300,9 @@ class CenterContrastiveLoss(ClassVectorLoss):
         return (self.margin_type, m, self.scale)
 
     def compute(self, embeddings, labels):
-        scaled = self.cosines(embeddings, self.scale)                       # s cos, (N, C)
-        ce, own = softmax_cross_entropy(scaled, labels, margin=self.margin_spec(), with_own=True)
+        scaled = self.cosines(embeddings, self.scale)                 # s cos, (N, C)
+        ce, own = softmax_cross_entropy(scaled, labels, margin=self.margin_spec(),
+                                        with_own=True)
         return self.reduce(ce + self.pull_weight * (1 - own / self.scale))   # eq. 7
 
     def active_terms(self, embeddings, labels):
@@ -307,11 +317,11 @@ class CenterContrastiveLoss(ClassVectorLoss):
     @torch.no_grad()
     def update_centers_(self, embeddings: torch.Tensor, labels: torch.Tensor,
                         momentum: float = 0.9) -> None:
-        "Moving-average update of the classes in the batch ('updated in real-time'), in place."
+        "A moving-average update of the classes in the batch, in place."
         self.check_inputs(embeddings, labels)
         c = self.centers
         x_hat = safe_normalize(embeddings.detach().to(c.dtype))
-        n = class_counts(labels, self.num_classes, dtype=c.dtype)[:, None]            # (C, 1)
-        mean = class_sums(x_hat, labels, self.num_classes) / n.clamp_min(1)           # (C, d)
+        n = class_counts(labels, self.num_classes, dtype=c.dtype)[:, None]    # (C, 1)
+        mean = class_sums(x_hat, labels, self.num_classes) / n.clamp_min(1)   # (C, d)
         new = F.normalize(momentum * safe_normalize(c) + (1 - momentum) * mean, dim=1)
         c.copy_(torch.where(n > 0, new, c))
