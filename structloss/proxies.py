@@ -121,7 +121,7 @@ def softmax_cross_entropy(logits: torch.Tensor, # a_ij [N, C]
                           margin: tuple | None = None, # ("cosine"/"angular", m, s)
                           with_own: bool = False, # also return the own logit x_i [N]
                          ):
-    "`-log q_{i,y_i}` `[N]`: stable log-sum-exp, an index (no one-hot), one-pass backward."
+    "`-log q_{i,y_i}` `[N]`: stable log-sum-exp, an index (no one-hot), 1-pass backward."
     loss, own = _SoftmaxCrossEntropy.apply(logits, ids, margin, exclude_target)
     return (loss, own) if with_own else loss
 

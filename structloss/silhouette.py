@@ -130,21 +130,21 @@ def _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_m
 
 # %% ../nbs/10_silhouette.ipynb #e3a7a58f
 def soft_silhouette_samples(embeddings: torch.Tensor, labels: torch.Tensor,
-                            temperature: float = 0.1, # tau, smooth-max temperature (eq. 11)
-                            softmin_temperature: float | None = None, # beta (eq. 10); None: tau
-                            metric: str = "cosine", # d (eq. 7): cosine, sqeuclidean, euclidean
-                            soft_min: str = "softmax", # eq. 10: "softmax" (10b), "logsumexp" (10a)
+                            temperature: float = 0.1, # tau, smooth max (eq. 11)
+                            softmin_temperature: float | None = None, # beta; None: tau
+                            metric: str = "cosine", # d (eq. 7)
+                            soft_min: str = "softmax", # "softmax" (10b) or "logsumexp"
                             eps: float = 1e-8, # guard in the denominator of eq. 13
-                            num_classes: int | None = None, # ids in [0, num_classes): no unique
-                            temperature_scale: str = "absolute", # "relative": x batch's d(i, c)
+                            num_classes: int | None = None, # ids in [0, C): no unique
+                            temperature_scale: str = "absolute", # or "relative"
                            ) -> torch.Tensor:
-    "Soft silhouette `s~(i)` of each sample (eq. 13); 0 without class-mates or other classes."
+    "Soft silhouette `s~(i)` of each sample (eq. 13); 0 without class-mates or others."
     _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps,
                                 temperature_scale)
     check_embeddings_labels(embeddings, labels)
     z = embeddings.to(compute_dtype(embeddings))
-    s, _, _ = _soft_silhouette(z, labels, temperature, softmin_temperature, metric, soft_min, eps,
-                               num_classes, temperature_scale)
+    s, _, _ = _soft_silhouette(z, labels, temperature, softmin_temperature, metric,
+                               soft_min, eps, num_classes, temperature_scale)
     return s.to(embeddings.dtype)
 
 # %% ../nbs/10_silhouette.ipynb #054d64fd
