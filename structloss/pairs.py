@@ -14,10 +14,10 @@ from .core import (EmbeddingLoss, check_choice, check_class_ids, check_number,
 from .geometry import label_masks
 
 # %% auto #0
-__all__ = ['DISTANCES', 'REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights', 'prepare_pairs',
-           'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'tie_break_key', 'margin_sort_keys',
-           'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals', 'triplet_margin_weights',
-           'smooth_triplet_weights', 'TripletMarginLoss', 'first_two_indices', 'NPairsLoss']
+__all__ = ['DISTANCES', 'REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights', 'with_gradient',
+           'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'tie_break_key',
+           'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals',
+           'triplet_margin_weights', 'smooth_triplet_weights', 'TripletMarginLoss', 'first_two_indices', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
@@ -89,6 +89,20 @@ def backward_weights(G: torch.Tensor, D: torch.Tensor, distance: str) -> torch.T
         return G.div_(D).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     if distance == "squared_euclidean": return G.mul_(2)
     return G
+
+def with_gradient(value, G, D, z, r, distance, exact=False, symmetric=False):
+    """`value` (a loss, or per-sample losses) with the gradient `G = dvalue/dD` sent
+    through the distances: in closed form (`DistanceWeights`), or, where `torch.cdist`
+    computes euclidean distances from the differences themselves (`exact`, or at most
+    25 rows on both sides), through those distances with autograd, exactly as PML's
+    gradient."""
+    m = len(z) if r is None else len(r)
+    if distance == "euclidean" and (exact or max(len(z), m) <= 25):
+        d = pair_distances(z, False, exact, r, distance)           # with autograd
+        s = (G * d).sum(1) if value.ndim else (G * d).sum()
+        return value + (s - s.detach())  # the value, G's gradient
+    A = backward_weights(G, D, distance)
+    return DistanceWeights.apply(value, A, z, r, distance == "cosine", symmetric)
 
 def prepare_pairs(embeddings, labels, ref_emb, ref_labels, self_in_ref,
                   normalize_embeddings, distance, exact=False):
@@ -180,9 +194,8 @@ class ContrastiveLoss(EmbeddingLoss):
             sign = -1.0 if self.distance == "cosine" else 1.0  # dl+/dD = +1 (cosine: -1)
             # dloss/dD
             G = l_pos.sign_().mul_(sign / n_pos).addcmul_(l_neg.sign_(), -sign / n_neg)
-            A = backward_weights(G, D, self.distance)
-        product = self.distance == "cosine"
-        return DistanceWeights.apply(value, A, z, r, product, dim is None)
+        return with_gradient(value, G, D, z, r, self.distance, self.exact_distances,
+                             symmetric=dim is None)
 
     def active_terms(self, embeddings, labels, **reference):
         "Terms: the ordered pairs (i, j), j != i; active: those whose hinge is > 0."
@@ -389,8 +402,7 @@ class TripletMarginLoss(EmbeddingLoss):
                 count = counts.clamp_min(1).to(W.dtype)
                 value, G = totals / count, W.div_(count[:, None])
             if self.distance == "cosine": G.neg_()                      # t = 1 - D or -D
-            A = backward_weights(G, D, self.distance)
-        return DistanceWeights.apply(value, A, z, r, self.distance == "cosine", False)
+        return with_gradient(value, G, D, z, r, self.distance, self.exact_distances)
 
     def triplet_sums(self, embeddings, labels):
         """Per positive pair: summed triplet losses and non-zero count (eq. 8), and the
