@@ -7,6 +7,7 @@ Docs: https://structloss.github.io/structloss/pairs.html.md"""
 
 # %% ../nbs/11_pairs.ipynb #e20bd597
 from __future__ import annotations
+import struct
 import torch
 import torch.nn.functional as F
 from .core import (EmbeddingLoss, check_choice, check_class_ids, check_number,
@@ -15,8 +16,8 @@ from .geometry import label_masks
 
 # %% auto #0
 __all__ = ['DISTANCES', 'REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights', 'with_gradient',
-           'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'tie_break_key',
-           'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals',
+           'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'to_float32',
+           'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals',
            'triplet_margin_weights', 'smooth_triplet_weights', 'TripletMarginLoss', 'first_two_indices', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
@@ -221,6 +222,10 @@ def triplet_margin_sums_search(d: torch.Tensor, pos: torch.Tensor, neg: torch.Te
     return sums * pos, k * pos
 
 # %% ../nbs/11_pairs.ipynb #7419a701
+def to_float32(x: float) -> float:
+    "`x` rounded to the nearest float32, as a Python float (no tensor, no host sync)."
+    return struct.unpack("f", struct.pack("f", x))[0]
+
 def tie_break_key(values: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
     """Integer keys that sort like the pairs `(values, flag)`: by value, and among equal
     values `flag` False first. `values` >= +0.0, float32 (int32 keys) or float64 (int64
@@ -239,7 +244,7 @@ def margin_sort_keys(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     """Rows `v` `[N, M]` (`d + m+` at positives, `d + m-` at negatives, `d` elsewhere) and
     integer keys ordering each row as the exact sums would, positives before equal
     negatives."""
-    m = torch.tensor(margin, dtype=d.dtype).item()  # m as d's dtype holds it (no sync)
+    m = float(margin) if d.dtype == torch.float64 else to_float32(margin)  # as d holds it
     if m == 0: return d, tie_break_key(d.detach(), neg)
     shifted = pos if m > 0 else neg                          # where |m| is added
     s = d + abs(m)                                           # (N, M) fl(d + |m|)
