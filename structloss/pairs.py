@@ -183,6 +183,14 @@ class ContrastiveLoss(EmbeddingLoss):
         if has_self: self_pairs(l_pos).fill_(0)       # (i, i) is no pair
         return l_pos, l_neg
 
+    def pair_losses(self, embeddings, labels):
+        """`l+`, `l-` of eq. 3 (`[N, N]`, 0 off their masks) and the masks `P`, `Q` (no
+        autograd)."""
+        _, _, D, same, has_self = self.prepare(embeddings, labels)
+        l_pos, l_neg = self.hinges(D, same, has_self)
+        pos, neg = label_masks(labels)
+        return l_pos, l_neg, pos, neg
+
     def compute(self, embeddings, labels, **reference):
         z, r, D, same, has_self = self.prepare(embeddings, labels, **reference)
         with torch.no_grad():
