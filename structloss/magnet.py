@@ -10,85 +10,157 @@ Docs: https://structloss.github.io/structloss/magnet.html.md"""
 from __future__ import annotations
 import math
 import torch
-from .core import EmbeddingLoss, check_labels, check_number, compute_dtype
-from .geometry import class_index, class_counts, class_means, squared_euclidean_distances
-from .contrastive import masked_logsumexp
+from .core import (EmbeddingLoss, check_choice, check_class_ids, check_labels, check_number,
+                             masked_logsumexp, reads_values)
+from .geometry import (class_index, class_counts, class_sums, class_means,
+                                 squared_euclidean_distances)
 
 # %% auto #0
-__all__ = ['SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluster_labels', 'other_class_clusters', 'ClusterLoss', 'MagnetLoss',
+__all__ = ['REDUCTIONS', 'SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluster_labels', 'other_class_clusters', 'ClusterLoss',
+           'within_cluster_sum_of_squares', 'magnet_terms', 'magnet_terms_from_class_sums', 'MagnetLoss',
            'latent_boost_schedule', 'explained_variance_dim', 'pca_projection', 'LatentBoostLoss']
 
 # %% ../nbs/14_magnet.ipynb #8d86f56c
 def check_cluster_labels(cluster_labels, labels: torch.Tensor) -> None:
-    "Raise a clear error unless `cluster_labels` is `[N]` integer, beside `labels`, each cluster of one class (CPU)."
+    "Raise a clear error unless `cluster_labels` is `[N]` integer, beside `labels`, each cluster of one class."
     check_labels(cluster_labels, labels.shape[0], "cluster_labels")
     if cluster_labels.device != labels.device:
         raise ValueError(f"`cluster_labels` are on {cluster_labels.device} but `labels` on {labels.device}; "
                          f"move them with `cluster_labels.to(labels.device)`.")
-    if labels.device.type != "cpu": return
+    if not reads_values(labels): return                  # purity reads values: CPU (or CHECK_FINITE_ON_DEVICE)
     k_ids, K = class_index(cluster_labels)
     y_ids, C = class_index(labels)
     has = torch.zeros(K, C, dtype=torch.bool).index_put_((k_ids, y_ids), torch.tensor(True))  # (K, C)
     impure = has.sum(1) > 1
     if impure.any():
         k = int(torch.unique(cluster_labels)[impure.nonzero()[0, 0]])
-        raise ValueError(f"cluster {k} of `cluster_labels` holds samples of {int(has[impure][0].sum())} classes; "
-                         f"each cluster must lie inside one class (run k-means per class).")
+        raise ValueError(f"cluster {k} of `cluster_labels` holds samples of {int(has[impure][0].sum())} "
+                         f"classes; each cluster must lie inside one class (run k-means per class).")
 
-def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor, num_clusters: int) -> torch.Tensor:
+def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor, num_clusters: int,
+                         num_classes: int | None = None) -> torch.Tensor:
     "`[N, K]` mask: cluster k holds no sample of sample n's class (the denominator of eq. 2)."
-    y_ids, C = class_index(labels)
+    y_ids, C = (labels.long(), num_classes) if num_classes is not None else class_index(labels)
     has = torch.zeros(num_clusters, C, dtype=torch.bool, device=labels.device)
-    has = has.index_put((cluster_ids, y_ids), torch.tensor(True, device=labels.device))  # (K, C): k holds class c
-    return ~has[:, y_ids].T                                                               # (N, K)
+    has = has.index_put((cluster_ids, y_ids), torch.tensor(True, device=labels.device))  # (K, C)
+    return ~has[:, y_ids].T                                                              # (N, K)
 
 # %% ../nbs/14_magnet.ipynb #93fd5133
+REDUCTIONS = ("mean", "sum", "none")
+
 class ClusterLoss(EmbeddingLoss):
     "Base of losses against cluster means, called as `loss(embeddings, labels, cluster_labels=None)`."
-    min_samples: int = 2   # eq. 1 divides by N - 1
-    hinge: bool = True     # apply {.}_+ to each sample's term
+    min_samples: int = 2             # eq. 1 divides by N - 1
+    hinge: bool = True               # apply {.}_+ to each sample's term
+    supports_reference: bool = True  # cluster means and variances from a reference set
+
+    def __init__(self, num_classes: int | None = None, reduction: str = "mean"):
+        super().__init__()
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"`num_classes` must be a positive int or None; got {num_classes!r}.")
+        self.num_classes, self.reduction = num_classes, check_choice("reduction", reduction, REDUCTIONS)
 
     def check_inputs(self, embeddings, labels, cluster_labels: torch.Tensor | None = None) -> None:
-        "The checks of every `EmbeddingLoss`, plus `cluster_labels` (if given): one integer id per sample, each cluster within one class."
+        "The checks of every `EmbeddingLoss`, class ids below `num_classes`, and `cluster_labels` (if given)."
         super().check_inputs(embeddings, labels)
+        if self.num_classes is not None: check_class_ids(labels, self.num_classes, type(self).__name__)
         if cluster_labels is not None: check_cluster_labels(cluster_labels, labels)
 
-    def hinge_arguments(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
-        "`[N]` per-sample terms t_n before the hinge (eq. 3); -inf where a sample has no other-class cluster."
+    def check_reference(self, embeddings, ref_emb, ref_labels, self_in_ref: bool = False) -> dict:
+        ref = super().check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
+        if ref and ref_emb.shape[0] < 2:
+            raise ValueError(f"`ref_emb` has {ref_emb.shape[0]} row; the variance (eq. 1) needs at least 2.")
+        if ref and self.num_classes is not None:
+            check_class_ids(ref_labels, self.num_classes, type(self).__name__)
+        return ref
+
+    def clusters(self, labels, cluster_labels=None, ref_labels=None):
+        "Cluster ids `[N]` of the anchors and `[M]` of the reference rows, K, and the `[N, K]` other-class mask."
+        N = labels.shape[0]
+        if cluster_labels is not None:
+            if ref_labels is not None:
+                raise ValueError("`cluster_labels` work within a batch; with a reference set (`ref_emb`) "
+                                 "the clusters are the classes. Drop one of them.")
+            ids, K = class_index(cluster_labels)                                # one `unique`
+            return ids, ids, K, other_class_clusters(labels, ids, K, self.num_classes)
+        if self.num_classes is not None:                                        # ids as given: no sync
+            ids = labels.long()
+            ref_ids, K = (ids if ref_labels is None else ref_labels.long()), self.num_classes
+        elif ref_labels is None: ids, K = class_index(labels); ref_ids = ids    # one `unique`
+        else:
+            both, K = class_index(torch.cat([labels, ref_labels]))              # one `unique`
+            ids, ref_ids = both[:N], both[N:]
+        other = ids[:, None] != torch.arange(K, device=labels.device)[None, :]  # (N, K)
+        return ids, ref_ids, K, other
+
+    def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None):
+        "`[N]` hinge arguments t_n (eq. 3) and `[N]` whether the reference holds sample n's own cluster."
         raise NotImplementedError
 
-    def compute(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
-        "Mean over samples of `{t_n}_+` (or of `t_n` when `hinge` is off)."
-        t = self.hinge_arguments(embeddings, labels, cluster_labels)            # (N,)
-        return (t.clamp_min(0) if self.hinge else t).mean()
+    def hinge_arguments(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None):
+        "`[N]` per-sample terms t_n before the hinge (eq. 3); -inf where a sample has no term."
+        t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)
+        return torch.where(own, t, torch.full_like(t, -math.inf))
 
-    def active_ratio(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
-        "Fraction of samples whose hinge argument t_n is positive."
-        self.check_inputs(embeddings, labels, cluster_labels)
-        with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
-            t = self.hinge_arguments(embeddings.to(compute_dtype(embeddings)), labels, cluster_labels)
-        return (t > 0).float().mean()
+    def compute(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None,
+                self_in_ref=False):
+        "Per sample `{t_n}_+` (or `t_n` without the hinge), 0 where the reference lacks n's cluster; reduced."
+        t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)   # (N,)
+        per = t.clamp_min(0) if self.hinge else t
+        per = torch.where(own, per, torch.zeros_like(per))                                   # (N,)
+        if self.reduction == "none": return per
+        return per.mean() if self.reduction == "mean" else per.sum()
+
+    def active_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None,
+                     self_in_ref=False):
+        "Terms: the samples with an own cluster; active: those with a positive hinge argument t_n."
+        t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)
+        return own & (t > 0), own
+
+# %% ../nbs/14_magnet.ipynb #d59f4069
+def within_cluster_sum_of_squares(x: torch.Tensor, ids: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    "`sum_j ||x_j - mu_{ids_j}||^2`: the numerator of eq. 1 (a 0-dim tensor)."
+    return ((x - mu[ids]) ** 2).sum()
+
+def magnet_terms(z, ids, mu, counts, sum_sq, other, alpha: float = 1.0, eps: float = 1e-12):
+    "t_n of eq. 3 `[N]`, and whether anchor n's own cluster is present, from cluster means and counts."
+    sigma2 = (sum_sq / (counts.sum() - 1)).clamp_min(eps)                 # ()     eq. 1
+    present = counts > 0                                                  # (K,)
+    neg = other & present[None, :]                                        # (N, K) C(mu_k) != C(r_n)
+    d_own = ((z - mu[ids]) ** 2).sum(1)                                   # (N,)   ||r_n - mu(r_n)||^2
+    D = squared_euclidean_distances(z, mu)                                # (N, K) ||r_n - mu_k||^2
+    t = d_own / (2 * sigma2) + alpha + masked_logsumexp(-D / (2 * sigma2), neg)   # (N,) eq. 3
+    t = torch.where(neg.any(1), t, torch.full_like(t, -math.inf))       # no other class: -log(num/0)
+    return t, present[ids]
+
+def magnet_terms_from_class_sums(z, ids, sums, counts, sum_sq, alpha: float = 1.0, eps: float = 1e-12):
+    "Eq. 3 with clusters = classes (`ids` in [0, C)), from class sums `[C, d]`, counts `[C]`, eq. 1's sum."
+    mu = sums / counts.clamp_min(1)[:, None]                               # (C, d)
+    other = ids[:, None] != torch.arange(len(counts), device=ids.device)[None, :]   # (N, C)
+    return magnet_terms(z, ids, mu, counts, sum_sq, other, alpha, eps)
 
 # %% ../nbs/14_magnet.ipynb #28a8c20b
 class MagnetLoss(ClusterLoss):
-    "Magnet loss (Rippel et al. 2016; eq. 4 of the Latent Boost paper): eqs. 1-3, clusters = classes by default."
+    "Magnet loss (Rippel et al. 2016; eq. 4 of the Latent Boost paper): eqs. 1-3, clusters = classes."
     def __init__(self,
                  alpha: float = 1.0,  # α, the margin in eq. 2
                  eps: float = 1e-12,  # floor on σ² (not in the paper; only when every sample sits on its mean)
+                 num_classes: int | None = None,  # labels are ids in [0, C): no `unique`, no host sync
+                 reduction: str = "mean",  # "mean" (eq. 2), "sum", or "none": per-sample terms [N]
                 ):
-        super().__init__()
+        super().__init__(num_classes, reduction)
         self.alpha, self.eps = check_number("alpha", alpha), check_number("eps", eps, positive=True)
 
-    def hinge_arguments(self, embeddings, labels, cluster_labels=None):
-        r = embeddings                                                            # (N, d)
-        ids, K = class_index(labels if cluster_labels is None else cluster_labels)  # (N,), K clusters
-        mu = class_means(r, ids, K)                                               # (K, d) cluster means
-        d_own = ((r - mu[ids]) ** 2).sum(1)                                       # (N,) ||r_n - mu(r_n)||^2
-        sigma2 = (d_own.sum() / (len(r) - 1)).clamp_min(self.eps)                 # ()   eq. 1
-        D = squared_euclidean_distances(r, mu)                                    # (N, K) ||r_n - mu_k||^2
-        neg = other_class_clusters(labels, ids, K)                                # (N, K) C(mu_k) != C(r_n)
-        t = d_own / (2 * sigma2) + self.alpha + masked_logsumexp(-D / (2 * sigma2), neg)   # (N,) eq. 3
-        return torch.where(neg.any(1), t, torch.full_like(t, -math.inf))          # no other class: -log(num/0) = -inf
+    def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None):
+        z = embeddings                                                          # (N, d) anchors
+        r = z if ref_emb is None else ref_emb                                   # (M, d) reference
+        ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
+        counts = class_counts(ref_ids, K, dtype=r.dtype)                        # (K,)
+        sums = class_sums(r, ref_ids, K)                                        # (K, d)
+        mu = sums / counts.clamp_min(1)[:, None]                                # (K, d) cluster means
+        sum_sq = within_cluster_sum_of_squares(r, ref_ids, mu)                  # ()   eq. 1, numerator
+        return magnet_terms(z, ids, mu, counts, sum_sq, other, self.alpha, self.eps)
 
 # %% ../nbs/14_magnet.ipynb #7f19f0cc
 def latent_boost_schedule(epoch: int, num_epochs: int, alpha0: float = 1.0, beta0: float = 1.0, eps: float = 1e-8) -> tuple[float, float]:
@@ -134,8 +206,10 @@ class LatentBoostLoss(ClusterLoss):
                  hinge: bool = True,             # apply {.}_+ as in Rippel et al.
                  detach_variance: bool = False,  # hold every σ_C² constant in backward (not literal)
                  warmup_epochs: int = 0,         # epochs before E = 0 of eq. 10 (CE-only warm-up)
+                 num_classes: int | None = None, # labels are ids in [0, C): no `unique`
+                 reduction: str = "mean",        # "mean" (eq. 11), "sum", or "none": per-sample [N]
                 ):
-        super().__init__()
+        super().__init__(num_classes, reduction)
         if not 0 < threshold <= 1: raise ValueError(f"`threshold` (T) must lie in (0, 1]; got {threshold}.")
         check_number("eps", eps, positive=True); check_number("beta0", beta0, positive=True); check_number("alpha0", alpha0)
         if singleton_variance not in SINGLETON_VARIANCES:
@@ -180,21 +254,25 @@ class LatentBoostLoss(ClusterLoss):
         "What an `Objective` logs beside the loss: `dim`, components eq. 8 kept on the last batch."
         return {} if self.last_dim is None else {"dim": self.last_dim}
 
-    def hinge_arguments(self, embeddings, labels, cluster_labels=None):
+    def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None):
         alpha, beta = self.alpha, self.beta                                           # eq. 10
-        r = embeddings                                                                # (N, n)
-        if self.pca:
+        z = embeddings                                                                # (N, n) anchors
+        r = z if ref_emb is None else ref_emb                                         # (M, n) reference
+        if self.pca:                                             # W_PCA from the reference (the batch)
             W, self.last_dim = pca_projection(r, self.threshold, self.detach_pca)     # (q, n), eq. 8
-            r = r @ W.T                                                               # (N, q)  r'_n = W r_n, eq. 6
-        ids, K = class_index(labels if cluster_labels is None else cluster_labels)
-        mu = class_means(r, ids, K)                                                   # (K, q)  mu' = W mu, eq. 7
-        d_own = ((r - mu[ids]) ** 2).sum(1)                                           # (N,)
-        sigma2 = self.cluster_variances(r, ids, K, d_own)                             # (K,)    eq. 9
-        ell = -squared_euclidean_distances(r, mu) / (2 * sigma2[None, :])             # (N, K)  exponents
-        neg = other_class_clusters(labels, ids, K)                                    # (N, K)
+            z, r = z @ W.T, (None if ref_emb is None else r @ W.T)                    # r'_n = W r_n, eq. 6
+            if r is None: r = z
+        ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
+        counts = class_counts(ref_ids, K, dtype=r.dtype)                              # (K,)
+        mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]                 # (K, q) eq. 7
+        d_ref = ((r - mu[ref_ids]) ** 2).sum(1)                                       # (M,)
+        d_own = d_ref if ref_emb is None else ((z - mu[ids]) ** 2).sum(1)             # (N,)
+        sigma2 = self.cluster_variances(r, ref_ids, K, d_ref)                         # (K,)    eq. 9
+        ell = -squared_euclidean_distances(z, mu) / (2 * sigma2[None, :])             # (N, K)  exponents
+        neg = other & (counts > 0)[None, :]                                           # (N, K)
         if self.beta_placement == "exponent":
             log_sum = masked_logsumexp(beta * ell, neg)
         else:
             log_sum = math.log(beta) + masked_logsumexp(ell, neg)
         log_den = torch.logaddexp(log_sum, torch.full_like(log_sum, math.log(self.eps)))  # log(sum + eps)
-        return d_own / (2 * sigma2[ids]) + alpha + log_den                           # (N,)    eq. 11
+        return d_own / (2 * sigma2[ids]) + alpha + log_den, counts[ids] > 0           # (N,) eq. 11
