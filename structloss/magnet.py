@@ -76,7 +76,7 @@ class ClusterLoss(EmbeddingLoss):
         return ref
 
     def clusters(self, labels, cluster_labels=None, ref_labels=None):
-        "Cluster ids `[N]` of the anchors and `[M]` of the reference rows, K, and the `[N, K]` other-class mask."
+        "Cluster ids `[N]` of anchors, `[M]` of reference rows, K, `[N, K]` other-class mask (None: clusters = classes)."
         N = labels.shape[0]
         if cluster_labels is not None:
             if ref_labels is not None:
@@ -91,8 +91,7 @@ class ClusterLoss(EmbeddingLoss):
         else:
             both, K = class_index(torch.cat([labels, ref_labels]))              # one `unique`
             ids, ref_ids = both[:N], both[N:]
-        other = ids[:, None] != torch.arange(K, device=labels.device)[None, :]  # (N, K)
-        return ids, ref_ids, K, other
+        return ids, ref_ids, K, None                                            # other = other classes
 
     def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None):
         "`[N]` hinge arguments t_n (eq. 3) and `[N]` whether the reference holds sample n's own cluster."
@@ -123,22 +122,32 @@ def within_cluster_sum_of_squares(x: torch.Tensor, ids: torch.Tensor, mu: torch.
     "`sum_j ||x_j - mu_{ids_j}||^2`: the numerator of eq. 1 (a 0-dim tensor)."
     return ((x - mu[ids]) ** 2).sum()
 
-def magnet_terms(z, ids, mu, counts, sum_sq, other, alpha: float = 1.0, eps: float = 1e-12):
-    "t_n of eq. 3 `[N]`, and whether anchor n's own cluster is present, from cluster means and counts."
-    sigma2 = (sum_sq / (counts.sum() - 1)).clamp_min(eps)                 # ()     eq. 1
+def magnet_terms(z, ids, mu, counts, sum_sq=None, other=None, alpha: float = 1.0, eps: float = 1e-12):
+    """t_n of eq. 3 `[N]`, and whether anchor n's own cluster is present, from cluster means `mu` `[K, d]`,
+    counts `[K]` and eq. 1's numerator `sum_sq` (None: the anchors are the whole reference).
+    `other` `[N, K]`: clusters of other classes (None: clusters are classes, `ids` in [0, K))."""
     present = counts > 0                                                  # (K,)
-    neg = other & present[None, :]                                        # (N, K) C(mu_k) != C(r_n)
-    d_own = ((z - mu[ids]) ** 2).sum(1)                                   # (N,)   ||r_n - mu(r_n)||^2
     D = squared_euclidean_distances(z, mu)                                # (N, K) ||r_n - mu_k||^2
-    t = d_own / (2 * sigma2) + alpha + masked_logsumexp(-D / (2 * sigma2), neg)   # (N,) eq. 3
-    t = torch.where(neg.any(1), t, torch.full_like(t, -math.inf))       # no other class: -log(num/0)
+    d_own = D.gather(1, ids[:, None])[:, 0]                               # (N,)   ||r_n - mu(r_n)||^2
+    if sum_sq is None: sum_sq = d_own.sum()
+    sigma2 = (sum_sq / (counts.sum() - 1)).clamp_min(eps)                 # ()     eq. 1
+    if other is None:                                                     # clusters = classes
+        K = len(counts)
+        neg = (ids[:, None] != torch.arange(K, device=ids.device)[None, :]) & present[None, :]
+        has_neg = present.sum() - present[ids].long() > 0                 # (N,) another class present
+    else:
+        neg = other & present[None, :]                                    # (N, K) C(mu_k) != C(r_n)
+        has_neg = neg.any(1)
+    scale = -0.5 / sigma2                                                 # -1 / (2 sigma^2)
+    t = alpha - d_own * scale + masked_logsumexp(D * scale, neg)          # (N,) eq. 3
+    t = torch.where(has_neg, t, torch.full_like(t, -math.inf))          # no other class: -log(num/0)
     return t, present[ids]
 
-def magnet_terms_from_class_sums(z, ids, sums, counts, sum_sq, alpha: float = 1.0, eps: float = 1e-12):
+def magnet_terms_from_class_sums(z, ids, sums, counts, sum_sq=None, alpha: float = 1.0,
+                                 eps: float = 1e-12):
     "Eq. 3 with clusters = classes (`ids` in [0, C)), from class sums `[C, d]`, counts `[C]`, eq. 1's sum."
-    mu = sums / counts.clamp_min(1)[:, None]                               # (C, d)
-    other = ids[:, None] != torch.arange(len(counts), device=ids.device)[None, :]   # (N, C)
-    return magnet_terms(z, ids, mu, counts, sum_sq, other, alpha, eps)
+    mu = sums / counts.clamp_min(1)[:, None]                              # (C, d)
+    return magnet_terms(z, ids, mu, counts, sum_sq, None, alpha, eps)
 
 # %% ../nbs/14_magnet.ipynb #28a8c20b
 class MagnetLoss(ClusterLoss):
@@ -157,9 +166,8 @@ class MagnetLoss(ClusterLoss):
         r = z if ref_emb is None else ref_emb                                   # (M, d) reference
         ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
         counts = class_counts(ref_ids, K, dtype=r.dtype)                        # (K,)
-        sums = class_sums(r, ref_ids, K)                                        # (K, d)
-        mu = sums / counts.clamp_min(1)[:, None]                                # (K, d) cluster means
-        sum_sq = within_cluster_sum_of_squares(r, ref_ids, mu)                  # ()   eq. 1, numerator
+        mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]           # (K, d) cluster means
+        sum_sq = None if ref_emb is None else within_cluster_sum_of_squares(r, ref_ids, mu)  # eq. 1
         return magnet_terms(z, ids, mu, counts, sum_sq, other, self.alpha, self.eps)
 
 # %% ../nbs/14_magnet.ipynb #7f19f0cc
@@ -265,10 +273,12 @@ class LatentBoostLoss(ClusterLoss):
         ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
         counts = class_counts(ref_ids, K, dtype=r.dtype)                              # (K,)
         mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]                 # (K, q) eq. 7
-        d_ref = ((r - mu[ref_ids]) ** 2).sum(1)                                       # (M,)
-        d_own = d_ref if ref_emb is None else ((z - mu[ids]) ** 2).sum(1)             # (N,)
+        D = squared_euclidean_distances(z, mu)                                        # (N, K)
+        d_own = D.gather(1, ids[:, None])[:, 0]                                       # (N,)
+        d_ref = d_own if ref_emb is None else ((r - mu[ref_ids]) ** 2).sum(1)         # (M,)
         sigma2 = self.cluster_variances(r, ref_ids, K, d_ref)                         # (K,)    eq. 9
-        ell = -squared_euclidean_distances(z, mu) / (2 * sigma2[None, :])             # (N, K)  exponents
+        ell = D / (-2 * sigma2[None, :])                                              # (N, K)  exponents
+        if other is None: other = ids[:, None] != torch.arange(K, device=ids.device)[None, :]
         neg = other & (counts > 0)[None, :]                                           # (N, K)
         if self.beta_placement == "exponent":
             log_sum = masked_logsumexp(beta * ell, neg)
