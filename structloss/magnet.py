@@ -167,7 +167,7 @@ class MagnetLoss(ClusterLoss):
         ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
         counts = class_counts(ref_ids, K, dtype=r.dtype)                        # (K,)
         mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]           # (K, d) cluster means
-        sum_sq = None if ref_emb is None else within_cluster_sum_of_squares(r, ref_ids, mu)  # eq. 1
+        sum_sq = within_cluster_sum_of_squares(r, ref_ids, mu)                  # ()   eq. 1, numerator
         return magnet_terms(z, ids, mu, counts, sum_sq, other, self.alpha, self.eps)
 
 # %% ../nbs/14_magnet.ipynb #7f19f0cc
@@ -275,7 +275,7 @@ class LatentBoostLoss(ClusterLoss):
         mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]                 # (K, q) eq. 7
         D = squared_euclidean_distances(z, mu)                                        # (N, K)
         d_own = D.gather(1, ids[:, None])[:, 0]                                       # (N,)
-        d_ref = d_own if ref_emb is None else ((r - mu[ref_ids]) ** 2).sum(1)         # (M,)
+        d_ref = ((r - mu[ref_ids]) ** 2).sum(1)                                       # (M,) for eq. 9
         sigma2 = self.cluster_variances(r, ref_ids, K, d_ref)                         # (K,)    eq. 9
         ell = D / (-2 * sigma2[None, :])                                              # (N, K)  exponents
         if other is None: other = ids[:, None] != torch.arange(K, device=ids.device)[None, :]
