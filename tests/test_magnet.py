@@ -507,9 +507,10 @@ def test_num_classes_gives_the_same_loss(batch, i):
     ids = torch.unique(y, return_inverse=True)[1] * 2 + 1            # ids with gaps: absent classes
     a, b = r.clone().requires_grad_(), r.clone().requires_grad_()
     la, lb = CLUSTER_LOSSES[i]()(a, ids), CLUSTER_LOSSES[i](num_classes=int(ids.max()) + 3)(b, ids)
-    assert_close(la, lb, atol=1e-10, rtol=1e-9)
+    # rtol: with singleton variances floored at eps (i = 3) terms reach 1e8; rounding differs there
+    assert_close(la, lb, atol=1e-10, rtol=1e-7)
     la.backward(); lb.backward()
-    assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-8)
+    assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-7)
 
 
 def test_num_classes_errors():
