@@ -22,52 +22,55 @@ SYMMETRIZATIONS = ("or", "and", "none")
 REDUCTIONS = ("sum", "mean", "none")
 
 def kth_smallest(d: torch.Tensor, k: int) -> torch.Tensor:
-    "The k-th smallest entry of every row of `d`: `topk` for small k (much faster), else `kthvalue`."
+    "The k-th smallest entry of each row of `d`: `topk` for small k (faster), `kthvalue`."
     if k <= 128: return d.topk(k, dim=1, largest=False).values[:, -1]
     return d.kthvalue(k, dim=1).values
 
 def directed_knn(sq_distances: torch.Tensor, k: int,
                  itself: torch.Tensor | None = None) -> torch.Tensor:
-    "`[N, M]` boolean: column j is among row i's `k` nearest (ties kept; never the `itself` pairs)."
+    "`[N, M]` boolean: column j is among row i's `k` nearest (ties kept; never `itself`)."
     d = sq_distances.detach()
-    if itself is not None: d = d.masked_fill(itself, math.inf)    # (N, M) self never a neighbour
-    d_k = kth_smallest(d, k)                                      # (N,)   k-th smallest per row
-    return d <= d_k[:, None]                                      # (N, M) ties at d_k included
+    if itself is not None: d = d.masked_fill(itself, math.inf)   # self never a neighbour
+    d_k = kth_smallest(d, k)                                     # (N,) per row
+    return d <= d_k[:, None]                                     # (N, M) ties at d_k kept
 
 def knn_graph(sq_distances: torch.Tensor, k: int, symmetrize: str = "or") -> torch.Tensor:
-    "Boolean `[N, N]` kNN adjacency from squared distances (detached): ties kept, no self-loops."
+    "Boolean `[N, N]` kNN adjacency from squared distances: ties kept, no self-loops."
     N = sq_distances.shape[0]
-    A = directed_knn(sq_distances, k, torch.eye(N, dtype=torch.bool, device=sq_distances.device))
+    itself = torch.eye(N, dtype=torch.bool, device=sq_distances.device)
+    A = directed_knn(sq_distances, k, itself)
     if symmetrize == "or": return A | A.T
     if symmetrize == "and": return A & A.T
     return A
 
 def similarity_weights(embeddings: torch.Tensor, alpha: float = 2.0,
                        squared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    "Kernel weights `exp(-alpha * ||f_mu - f_nu||)` of eq. 1 for all pairs `[N, N]`, and the squared distances."
+    "Weights `exp(-alpha * ||f_mu - f_nu||)` of eq. 1 `[N, N]`, and squared distances."
     sq = squared_euclidean_distances(embeddings)                         # (N, N)
     sq = sq.masked_fill(torch.eye(len(sq), dtype=torch.bool, device=sq.device), 0)
-    dist = sq if squared else safe_sqrt(sq)                              # gradient 0, not nan, at distance 0
+    dist = sq if squared else safe_sqrt(sq)                # gradient 0, not nan, at 0
     return torch.exp(-alpha * dist), sq
 
 # %% ../nbs/15_graph.ipynb #3e7efc5c
-def pair_sq_distances(z: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "Squared distances `[N, M]` (no gradient, clamped at 0) and the shifted rows they come from."
+def pair_sq_distances(z: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    "Squared distances `[N, M]` (no gradient, clamped at 0) and the shifted rows used."
     with torch.no_grad():
-        shift = z.mean(0, keepdim=True).round()     # distances ignore a shift; an integer one keeps ties
-        zs = z - shift
+        shift = z.mean(0, keepdim=True).round()    # changes no distance; an integer
+        zs = z - shift                              # shift keeps integer ties exact
         rs = zs if r is z else r - shift
-        sq = torch.addmm((zs * zs).sum(1)[:, None] + (rs * rs).sum(1)[None, :], zs, rs.T, alpha=-2)
+        norms = (zs * zs).sum(1)[:, None] + (rs * rs).sum(1)[None, :]
+        sq = torch.addmm(norms, zs, rs.T, alpha=-2)
         return sq.clamp_min_(0), zs, rs
 
 class CrossClassKernel(torch.autograd.Function):
-    "Row sums `[N]` of `exp(-alpha * dist) * mask` with a hand-written backward (one N x M array saved)."
+    "Row sums `[N]` of `exp(-alpha * dist) * mask`, with a hand-written backward (eq. 3)."
     @staticmethod
-    def forward(ctx, z, r, sq, mask, alpha: float, squared: bool, symmetric: bool, zs, rs):
+    def forward(ctx, z, r, sq, mask, alpha: float, squared: bool, symmetric: bool,
+                zs, rs):
         dist = sq if squared else sq.sqrt()                         # (N, M)
-        W = torch.exp(dist * -alpha).mul_(mask)                     # (N, M) eq. 1 on the edges, 0 elsewhere
+        W = torch.exp(dist * -alpha).mul_(mask)                     # eq. 1 on the terms
         if squared: H = W                                           # dW/dsq = -alpha W
-        else: H = (W * dist.reciprocal_()).nan_to_num_(0, 0, 0)    # W / dist; 0 at dist = 0 (subgradient)
+        else: H = (W * dist.reciprocal_()).nan_to_num_(0, 0, 0)    # W / dist; 0 at 0
         ctx.save_for_backward(H, zs, rs)
         ctx.scale, ctx.symmetric = -alpha if squared else -alpha / 2, symmetric
         return W.sum(1)
@@ -76,31 +79,32 @@ class CrossClassKernel(torch.autograd.Function):
     def backward(ctx, g_rows):
         H, zs, rs = ctx.saved_tensors
         G = H * (g_rows[:, None] * ctx.scale)                       # (N, M) dLoss / dsq
-        # sq_ij = |z_i|^2 + |r_j|^2 - 2 z_i . r_j
-        if ctx.symmetric:                                           # r is z and G is symmetric
-            return 4 * (G.sum(1)[:, None] * zs - G @ zs), None, None, None, None, None, None, None, None
+        none = (None,) * 7                                          # the other inputs
+        if ctx.symmetric:                                         # r is z, G is symmetric
+            return (4 * (G.sum(1)[:, None] * zs - G @ zs), None) + none
         dz = 2 * (G.sum(1)[:, None] * zs - G @ rs) if ctx.needs_input_grad[0] else None
         dr = 2 * (G.sum(0)[:, None] * rs - G.T @ zs) if ctx.needs_input_grad[1] else None
-        return dz, dr, None, None, None, None, None, None, None
+        return (dz, dr) + none
 
 # %% ../nbs/15_graph.ipynb #4d6e8e87
 class GraphSmoothnessLoss(EmbeddingLoss):
-    "Graph smoothness loss (Bontonou et al. 2019, Definition 1): kernel weights of cross-class kNN edges."
+    "Graph smoothness loss (Bontonou et al. 2019, Definition 1): cross-class edges."
     min_samples: int = 2             # a vertex needs at least one possible neighbour
-    supports_reference: bool = True  # anchors from the batch, neighbours from a reference set
+    supports_reference: bool = True  # anchors from the batch, neighbours from a reference
 
     def __init__(self,
-                 k: int | None = None,      # k, neighbours per vertex; None: all (complete graph)
+                 k: int | None = None,      # neighbours per vertex; None: all of them
                  alpha: float = 2.0,        # α, kernel scale in eq. 1
-                 squared: bool = False,     # kernel on ||.||^2 instead of ||.|| (paper: not squared)
-                 symmetrize: str = "or",    # kNN relation made symmetric: "or", "and"; "none": directed
-                 active_tol: float = 1e-6,  # a cross-class edge is active when its weight exceeds this
-                 normalize_embeddings: bool = True,  # L2-normalise the outputs first (Section 4.1)
-                 reduction: str = "sum",    # "sum" (the paper), "mean" over anchors, "none": [N] per anchor
+                 squared: bool = False,     # kernel on ||.||^2, not ||.|| (paper: not)
+                 symmetrize: str = "or",    # "or", "and" make the kNN relation symmetric
+                 active_tol: float = 1e-6,  # an edge is active with a larger weight
+                 normalize_embeddings: bool = True,  # L2-normalise outputs (Section 4.1)
+                 reduction: str = "sum",    # "sum" (paper), "mean" over anchors, "none"
                 ):
         super().__init__()
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"`k` must be a positive int or None (all N - 1 other samples); got {k!r}.")
+            raise ValueError(f"`k` must be a positive int or None (all N - 1 others); "
+                             f"got {k!r}.")
         alpha = check_number("alpha", alpha, positive=True)
         active_tol = check_number("active_tol", active_tol, minimum=0)
         check_choice("symmetrize", symmetrize, SYMMETRIZATIONS)
@@ -116,60 +120,68 @@ class GraphSmoothnessLoss(EmbeddingLoss):
         "k for `n_cand` candidate neighbours per anchor (None: all of them)."
         if self.k is None: return n_cand
         if self.k > n_cand:
-            need = (f"a batch of at least {self.k + 1} samples; got {n_cand + 1}" if what == "batch"
-                    else f"{self.k} candidates per anchor in the reference set; it gives {n_cand}")
-            raise ValueError(f"`k`={self.k} neighbours need {need}. Use k=None for the complete graph, "
-                             f"a smaller k, or drop_last=True in the DataLoader.")
+            if what == "batch":
+                need = f"a batch of at least {self.k + 1} samples; got {n_cand + 1}"
+            else: need = (f"{self.k} candidates per anchor in the reference set; "
+                          f"it gives {n_cand}")
+            raise ValueError(f"`k`={self.k} neighbours need {need}. Use k=None for the "
+                             f"complete graph, a smaller k, or drop_last=True in the "
+                             f"DataLoader.")
         return self.k
 
     def graph(self, z, labels, ref_emb=None, ref_labels=None, self_in_ref=False) -> dict:
-        "Anchors `z`, reference `r`, squared distances `[N, M]`, edges `A` (None: complete), `Q`, `itself`."
+        "Anchors, reference, squared distances `[N, M]`, edges `A` (None: all), `Q`."
         batch = ref_emb is None
-        if self.normalize_embeddings: z = F.normalize(z, dim=1)                  # (N, d)
-        if batch: r, ref_labels, self_in_ref = z, labels, True                  # the batch is the reference
-        else: r = F.normalize(ref_emb, dim=1) if self.normalize_embeddings else ref_emb   # (M, d)
-        sq, zs, rs = pair_sq_distances(z, r)                                    # (N, M), no gradient
+        if self.normalize_embeddings: z = F.normalize(z, dim=1)             # (N, d)
+        if batch: r, ref_labels, self_in_ref = z, labels, True   # its own reference
+        elif self.normalize_embeddings: r = F.normalize(ref_emb, dim=1)     # (M, d)
+        else: r = ref_emb
+        sq, zs, rs = pair_sq_distances(z, r)                                # (N, M)
         N, M = sq.shape
-        itself = torch.eye(N, M, dtype=torch.bool, device=sq.device) if self_in_ref else None
-        n_cand = M - 1 if self_in_ref else M                                     # candidates per anchor
+        itself = None                                           # the pairs (i, i)
+        if self_in_ref: itself = torch.eye(N, M, dtype=torch.bool, device=sq.device)
+        n_cand = M - 1 if self_in_ref else M                    # candidates per anchor
         k = self._k(n_cand, "batch" if batch else "reference")
-        Q = labels[:, None] != ref_labels[None, :]               # (N, M) y_mu != y_nu; never (i, i)
-        A = None                                                 # k = all candidates: complete graph
+        Q = labels[:, None] != ref_labels[None, :]            # y_mu != y_nu; never (i, i)
+        A = None                                                # all candidates: complete
         if k < n_cand:
-            A = directed_knn(sq, k, itself)                                      # (N, M) nu in kNN(mu)
+            A = directed_knn(sq, k, itself)                     # nu in kNN(mu)
             if self.symmetrize != "none":
-                if batch: A_in = A.T                                             # mu in kNN(nu)
-                else:                                            # nu's k nearest among the reference
-                    sq_rr = pair_sq_distances(r, r)[0]                           # (M, M)
+                if batch: A_in = A.T                            # mu in kNN(nu)
+                else:                                           # nu's k nearest in R
+                    sq_rr = pair_sq_distances(r, r)[0]                            # (M, M)
                     eye = torch.eye(M, dtype=torch.bool, device=sq.device)
-                    d_k = kth_smallest(sq_rr.masked_fill(eye, math.inf), k)            # (M,)
+                    d_k = kth_smallest(sq_rr.masked_fill(eye, math.inf), k)         # (M,)
                     if self_in_ref: A_in = (sq_rr[:, :N] <= d_k[:, None]).T & ~itself
-                    else: A_in = sq <= d_k[None, :]        # mu would be among nu's k nearest
+                    else: A_in = sq <= d_k[None, :]             # mu would be among them
                 A = A | A_in if self.symmetrize == "or" else A & A_in
         return dict(z=z, r=r, sq=sq, zs=zs, rs=rs, A=A, Q=Q, itself=itself, batch=batch)
 
-    def compute(self, embeddings, labels, ref_emb=None, ref_labels=None, self_in_ref=False):
+    def compute(self, embeddings, labels, ref_emb=None, ref_labels=None,
+                self_in_ref=False):
         g = self.graph(embeddings, labels, ref_emb, ref_labels, self_in_ref)
-        mask = g["Q"] if g["A"] is None else g["A"] & g["Q"]                     # (N, M) terms of eq. 2
-        symmetric = g["batch"] and self.reduction != "none" and (g["A"] is None or self.symmetrize != "none")
-        rows = CrossClassKernel.apply(g["z"], g["r"], g["sq"], mask, self.alpha, self.squared,
-                                      symmetric, g["zs"], g["rs"])               # (N,) per anchor
+        mask = g["Q"] if g["A"] is None else g["A"] & g["Q"]           # terms of eq. 2
+        symmetric = (g["batch"] and self.reduction != "none"
+                     and (g["A"] is None or self.symmetrize != "none"))
+        rows = CrossClassKernel.apply(g["z"], g["r"], g["sq"], mask, self.alpha,
+                                      self.squared, symmetric, g["zs"], g["rs"])   # (N,)
         if self.reduction == "none": return rows
-        return rows.sum() if self.reduction == "sum" else rows.mean()           # eq. 2: ordered pairs
+        return rows.sum() if self.reduction == "sum" else rows.mean()   # eq. 2
 
     def weights(self, sq: torch.Tensor) -> torch.Tensor:
         "Kernel weights of eq. 1 from squared distances (no gradient)."
         return torch.exp(-self.alpha * (sq if self.squared else sq.sqrt()))
 
     def edges(self, embeddings: torch.Tensor, labels: torch.Tensor):
-        "Weights `W` `[N, N]` (eq. 1), the graph's edges `A` and the cross-class mask `Q` (no gradient)."
+        "Weights `W` `[N, N]` (eq. 1), edges `A` and cross-class mask `Q` (no gradient)."
         with torch.no_grad():
             g = self.graph(embeddings, labels)
             A = ~g["itself"] if g["A"] is None else g["A"]
             return self.weights(g["sq"]), A, g["Q"]
 
-    def active_terms(self, embeddings, labels, ref_emb=None, ref_labels=None, self_in_ref=False):
-        "Terms: the graph's edges (ordered pairs); active: those joining two classes with weight > `active_tol`."
+    def active_terms(self, embeddings, labels, ref_emb=None, ref_labels=None,
+                     self_in_ref=False):
+        "Terms: the edges (ordered pairs); active: cross-class ones above `active_tol`."
         g = self.graph(embeddings, labels, ref_emb, ref_labels, self_in_ref)
         terms = g["A"]
         if terms is None:

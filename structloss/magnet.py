@@ -22,12 +22,13 @@ __all__ = ['REDUCTIONS', 'SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluste
 
 # %% ../nbs/14_magnet.ipynb #8d86f56c
 def check_cluster_labels(cluster_labels, labels: torch.Tensor) -> None:
-    "A clear error unless `cluster_labels` is `[N]` integer, beside `labels`, clusters pure."
+    "A clear error unless `cluster_labels` is `[N]` integers, each cluster in one class."
     check_labels(cluster_labels, labels.shape[0], "cluster_labels")
     if cluster_labels.device != labels.device:
-        raise ValueError(f"`cluster_labels` are on {cluster_labels.device} but `labels` on "
-                         f"{labels.device}; move them with `cluster_labels.to(labels.device)`.")
-    if not reads_values(labels): return              # purity reads values (CPU by default)
+        raise ValueError(f"`cluster_labels` are on {cluster_labels.device} but `labels` "
+                         f"on {labels.device}; move them with "
+                         f"`cluster_labels.to(labels.device)`.")
+    if not reads_values(labels): return             # purity reads values (CPU by default)
     k_ids, K = class_index(cluster_labels)
     y_ids, C = class_index(labels)
     has = torch.zeros(K, C, dtype=torch.bool)                                  # (K, C)
@@ -36,12 +37,12 @@ def check_cluster_labels(cluster_labels, labels: torch.Tensor) -> None:
     if impure.any():
         k = int(torch.unique(cluster_labels)[impure.nonzero()[0, 0]])
         raise ValueError(f"cluster {k} of `cluster_labels` holds samples of "
-                         f"{int(has[impure][0].sum())} classes; each cluster must lie inside "
-                         f"one class (run k-means per class).")
+                         f"{int(has[impure][0].sum())} classes; each cluster must lie "
+                         f"inside one class (run k-means per class).")
 
-def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor, num_clusters: int,
-                         num_classes: int | None = None) -> torch.Tensor:
-    "`[N, K]` mask: cluster k holds no sample of sample n's class (the denominator of eq. 2)."
+def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor,
+                         num_clusters: int, num_classes: int | None = None):
+    "`[N, K]` mask: cluster k holds no sample of n's class (the denominator of eq. 2)."
     if num_classes is None: y_ids, C = class_index(labels)
     else: y_ids, C = labels.long(), num_classes
     has = torch.zeros(num_clusters, C, dtype=torch.bool, device=labels.device)
@@ -52,22 +53,22 @@ def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor, num_cl
 REDUCTIONS = ("mean", "sum", "none")
 
 class ClusterLoss(EmbeddingLoss):
-    "Base of losses against cluster means: `loss(embeddings, labels, cluster_labels=None)`."
+    "Base of losses against cluster means: `loss(embeddings, labels, cluster_labels)`."
     min_samples: int = 2             # eq. 1 divides by N - 1
     hinge: bool = True               # apply {.}_+ to each sample's term
     supports_reference: bool = True  # cluster means and variances from a reference set
 
     def __init__(self, num_classes: int | None = None, reduction: str = "mean"):
         super().__init__()
-        if num_classes is not None and (isinstance(num_classes, bool)
-                                        or not isinstance(num_classes, int) or num_classes < 1):
+        bad = isinstance(num_classes, bool) or not isinstance(num_classes, int)
+        if num_classes is not None and (bad or num_classes < 1):
             raise ValueError(f"`num_classes` must be a positive int or None; "
                              f"got {num_classes!r}.")
         self.num_classes = num_classes
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
 
     def check_inputs(self, embeddings, labels, cluster_labels=None) -> None:
-        "The checks of every loss, ids below `num_classes`, and `cluster_labels` (if given)."
+        "The checks of every loss, ids below `num_classes`, and any `cluster_labels`."
         super().check_inputs(embeddings, labels)
         if self.num_classes is not None:
             check_class_ids(labels, self.num_classes, type(self).__name__)
@@ -76,24 +77,24 @@ class ClusterLoss(EmbeddingLoss):
     def check_reference(self, embeddings, ref_emb, ref_labels, self_in_ref=False) -> dict:
         ref = super().check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
         if ref and ref_emb.shape[0] < 2:
-            raise ValueError(f"`ref_emb` has {ref_emb.shape[0]} row; the variance (eq. 1) "
-                             f"needs at least 2.")
+            raise ValueError(f"`ref_emb` has {ref_emb.shape[0]} row; the variance "
+                             f"(eq. 1) needs at least 2.")
         if ref and self.num_classes is not None:
             check_class_ids(ref_labels, self.num_classes, type(self).__name__)
         return ref
 
     def clusters(self, labels, cluster_labels=None, ref_labels=None):
-        """Cluster ids of the anchors `[N]` and of the reference rows `[M]`, their number K,
-        and the `[N, K]` mask of other-class clusters (None when the clusters are the classes).
+        """Cluster ids of the anchors `[N]` and of the reference rows `[M]`, their number
+        K, and the `[N, K]` mask of other-class clusters (None: the clusters are classes).
         One `torch.unique` at most; none when `num_classes` is given."""
         N = labels.shape[0]
         if cluster_labels is not None:
             if ref_labels is not None:
-                raise ValueError("`cluster_labels` work within a batch; with a reference set "
-                                 "(`ref_emb`) the clusters are the classes. Drop one of them.")
+                raise ValueError("`cluster_labels` work within a batch; with a "
+                                 "reference set (`ref_emb`) the clusters are classes.")
             ids, K = class_index(cluster_labels)
             return ids, ids, K, other_class_clusters(labels, ids, K, self.num_classes)
-        if self.num_classes is not None:                      # labels are the ids: no sync
+        if self.num_classes is not None:                     # labels are the ids: no sync
             ids, K = labels.long(), self.num_classes
             ref_ids = ids if ref_labels is None else ref_labels.long()
         elif ref_labels is None:
@@ -106,18 +107,18 @@ class ClusterLoss(EmbeddingLoss):
 
     def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None,
                     ref_labels=None):
-        "`[N]` hinge arguments t_n (eq. 3), and `[N]` whether the reference has n's cluster."
+        "`[N]` hinge arguments t_n (eq. 3), `[N]` whether the reference has n's cluster."
         raise NotImplementedError
 
     def hinge_arguments(self, embeddings, labels, cluster_labels=None, ref_emb=None,
                         ref_labels=None):
-        "`[N]` per-sample terms t_n before the hinge (eq. 3); -inf where a sample has none."
+        "`[N]` per-sample terms t_n before the hinge (eq. 3); -inf where there is none."
         t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)
         return torch.where(own, t, torch.full_like(t, -math.inf))
 
-    def compute(self, embeddings, labels, cluster_labels=None, ref_emb=None, ref_labels=None,
-                self_in_ref=False):
-        "Per sample `{t_n}_+` (`t_n` without the hinge), 0 without an own cluster; reduced."
+    def compute(self, embeddings, labels, cluster_labels=None, ref_emb=None,
+                ref_labels=None, self_in_ref=False):
+        "Per sample `{t_n}_+` (`t_n` without hinge), 0 without an own cluster; reduced."
         t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)
         per = t.clamp_min(0) if self.hinge else t                               # (N,)
         per = torch.where(own, per, torch.zeros_like(per))
@@ -139,29 +140,29 @@ def within_cluster_sum_of_squares(x: torch.Tensor, ids: torch.Tensor,
 def magnet_terms(z, ids, mu, counts, sum_sq=None, other=None, alpha: float = 1.0,
                  eps: float = 1e-12):
     """Hinge arguments t_n of eq. 3 `[N]`, and whether anchor n's own cluster is present.
-    From cluster means `mu` `[K, d]`, counts `[K]` and eq. 1's numerator `sum_sq` (None: the
-    anchors are the whole reference). `other` `[N, K]`: the clusters of other classes (None:
+    From cluster means `mu` `[K, d]`, counts `[K]` and eq. 1's numerator `sum_sq` (None:
+    the anchors are the whole reference). `other` `[N, K]`: other classes' clusters (None:
     the clusters are the classes and `ids` lie in [0, K))."""
     present = counts > 0                                                  # (K,)
-    D = squared_euclidean_distances(z, mu)                                # (N, K) ||r_n - mu_k||^2
-    d_own = ((z - mu[ids]) ** 2).sum(1)                                   # (N,) ||r_n - mu(r_n)||^2
+    D = squared_euclidean_distances(z, mu)                       # (N, K) ||r_n - mu_k||^2
+    d_own = ((z - mu[ids]) ** 2).sum(1)                         # (N,) ||r_n - mu(r_n)||^2
     if sum_sq is None: sum_sq = d_own.sum()
     sigma2 = (sum_sq / (counts.sum() - 1)).clamp_min(eps)                 # ()     eq. 1
-    if other is None:                                                     # clusters = classes
+    if other is None:                                                 # clusters = classes
         K = len(counts)
         neg = (ids[:, None] != torch.arange(K, device=ids.device)) & present
-        has_neg = present.sum() - present[ids].long() > 0                 # another class present
+        has_neg = present.sum() - present[ids].long() > 0          # another class present
     else:
-        neg = other & present[None, :]                                    # (N, K) C(mu_k) != C(r_n)
+        neg = other & present[None, :]                          # (N, K) C(mu_k) != C(r_n)
         has_neg = neg.any(1)
-    scale = -0.5 / sigma2                                                 # -1 / (2 sigma^2)
+    scale = -0.5 / sigma2                                               # -1 / (2 sigma^2)
     t = alpha - d_own * scale + masked_logsumexp(D * scale, neg)          # (N,) eq. 3
     t = torch.where(has_neg, t, torch.full_like(t, -math.inf))          # no other class
     return t, present[ids]
 
 def magnet_terms_from_class_sums(z, ids, sums, counts, sum_sq=None, alpha: float = 1.0,
                                  eps: float = 1e-12):
-    "Eq. 3, clusters = classes (`ids` in [0, C)), from class sums `[C, d]` and counts `[C]`."
+    "Eq. 3, clusters = classes (`ids` in [0, C)), from class sums `[C, d]`, counts `[C]`."
     mu = sums / counts.clamp_min(1)[:, None]                              # (C, d)
     return magnet_terms(z, ids, mu, counts, sum_sq, None, alpha, eps)
 
@@ -180,39 +181,40 @@ class MagnetLoss(ClusterLoss):
 
     def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None,
                     ref_labels=None):
-        z = embeddings                                                     # (N, d) anchors
-        r = z if ref_emb is None else ref_emb                              # (M, d) reference
+        z = embeddings                                                    # (N, d) anchors
+        r = z if ref_emb is None else ref_emb                           # (M, d) reference
         ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
         counts = class_counts(ref_ids, K, dtype=r.dtype)                   # (K,)
         mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]      # (K, d) means
-        sum_sq = None if ref_emb is None else within_cluster_sum_of_squares(r, ref_ids, mu)
+        sum_sq = None                                                      # eq. 1: d_own
+        if ref_emb is not None: sum_sq = within_cluster_sum_of_squares(r, ref_ids, mu)
         return magnet_terms(z, ids, mu, counts, sum_sq, other, self.alpha, self.eps)
 
 # %% ../nbs/14_magnet.ipynb #7f19f0cc
-def latent_boost_schedule(epoch: int, num_epochs: int, alpha0: float = 1.0, beta0: float = 1.0,
-                          eps: float = 1e-8) -> tuple[float, float]:
-    "`(alpha, beta)` at epoch E = `epoch` of E_total = `num_epochs` (eq. 10 of the paper)."
+def latent_boost_schedule(epoch: int, num_epochs: int, alpha0: float = 1.0,
+                          beta0: float = 1.0, eps: float = 1e-8) -> tuple[float, float]:
+    "`(alpha, beta)` at epoch E = `epoch` of E_total = `num_epochs` (eq. 10)."
     if num_epochs < 1: raise ValueError(f"`num_epochs` must be >= 1; got {num_epochs}.")
     if not 0 <= epoch <= num_epochs:
-        raise ValueError(f"`epoch` must lie in [0, num_epochs={num_epochs}] (epochs count "
-                         f"from 0); got {epoch}.")
+        raise ValueError(f"`epoch` must lie in [0, num_epochs={num_epochs}] (epochs "
+                         f"count from 0); got {epoch}.")
     alpha = 1 + alpha0 * math.exp(-epoch / (1.05 * num_epochs))
     beta = max(beta0 * (1 - epoch / (0.2 * num_epochs)), eps)
     return alpha, beta
 
 # %% ../nbs/14_magnet.ipynb #669c7a1a
 def explained_variance_dim(S: torch.Tensor, threshold: float = 0.95) -> torch.Tensor:
-    "Eq. 8: fewest leading singular values `S` whose explained variance reaches `threshold`."
+    "Eq. 8: the fewest leading singular values `S` explaining a `threshold` of variance."
     ev = S ** 2                                       # S_j^2 / (m-1); the 1/(m-1) cancels
-    ratio = ev.cumsum(0) / ev.sum()                   # cumulative explained variance ratio
-    return ((~(ratio >= threshold)).sum() + 1).clamp_max(len(S))   # nan (no variance): max
+    ratio = ev.cumsum(0) / ev.sum()                  # cumulative explained variance ratio
+    return ((~(ratio >= threshold)).sum() + 1).clamp_max(len(S))  # nan (no variance): max
 
 def pca_projection(r: torch.Tensor, threshold: float = 0.95,
                    detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    "`W` `[min(m, n), n]`: the top `dim` principal directions of `r` (other rows zero), and `dim`."
+    "`W` `[min(m, n), n]`: the top `dim` principal directions of `r` (rest zero), `dim`."
     x = r.detach() if detach else r
     xc = x - x.mean(0)                                      # (m, n) centred batch
-    _, S, Vh = torch.linalg.svd(xc, full_matrices=False)    # S: (q,), Vh: (q, n), q = min(m, n)
+    _, S, Vh = torch.linalg.svd(xc, full_matrices=False)  # (q,), (q, n); q = min(m, n)
     dim = explained_variance_dim(S.detach(), threshold)     # ()  eq. 8
     keep = torch.arange(len(S), device=r.device) < dim      # (q,)
     return Vh * keep[:, None].to(Vh.dtype), dim
@@ -222,19 +224,19 @@ SINGLETON_VARIANCES = ("pooled", "eps")
 BETA_PLACEMENTS = ("exponent", "factor")
 
 class LatentBoostLoss(ClusterLoss):
-    "Latent Boost (Geißler et al. 2024, eqs. 6-11): Magnet loss on a PCA, per-cluster variances."
+    "Latent Boost (Geißler et al. 2024, eqs. 6-11): Magnet on a PCA, cluster variances."
     def __init__(self,
                  alpha0: float = 1.0,            # α_0 in eq. 10 (not stated in the paper)
                  beta0: float = 1.0,             # β_0 in eq. 10
-                 threshold: float = 0.95,        # T in eq. 8: explained variance kept by the PCA
+                 threshold: float = 0.95,        # T in eq. 8: variance kept by the PCA
                  eps: float = 1e-8,              # ε in eqs. 10-11; also floors every σ_C²
-                 pca: bool = True,               # project onto the top principal components
-                 detach_pca: bool = True,        # W_PCA without gradient (W r still has one)
-                 singleton_variance: str = "pooled",  # σ_C² of one sample: "pooled" or "eps"
-                 beta_placement: str = "exponent",    # β in the exponent, or on the "factor"
+                 pca: bool = True,             # project onto the top principal components
+                 detach_pca: bool = True,     # W_PCA without gradient (W r still has one)
+                 singleton_variance: str = "pooled",  # one-sample σ_C²: "pooled", "eps"
+                 beta_placement: str = "exponent",    # β in the exponent, or "factor"
                  hinge: bool = True,             # apply {.}_+ as in Rippel et al.
                  detach_variance: bool = False,  # hold every σ_C² constant in backward
-                 warmup_epochs: int = 0,         # epochs before E = 0 of eq. 10 (CE warm-up)
+                 warmup_epochs: int = 0,      # epochs before E = 0 of eq. 10 (CE warm-up)
                  num_classes: int | None = None, # labels are ids in [0, C): no `unique`
                  reduction: str = "mean",        # "mean" (eq. 11), "sum", "none": [N]
                 ):
@@ -250,7 +252,8 @@ class LatentBoostLoss(ClusterLoss):
         self.threshold, self.eps = float(threshold), float(eps)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) \
                 or warmup_epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be an int >= 0; got {warmup_epochs!r}.")
+            raise ValueError(f"`warmup_epochs` must be an int >= 0; "
+                             f"got {warmup_epochs!r}.")
         self.pca, self.detach_pca, self.hinge = pca, detach_pca, hinge
         self.detach_variance, self.warmup_epochs = bool(detach_variance), warmup_epochs
         self.singleton_variance, self.beta_placement = singleton_variance, beta_placement
@@ -258,7 +261,7 @@ class LatentBoostLoss(ClusterLoss):
         self.last_dim = None  # dim chosen by eq. 8 on the last batch (a 0-dim tensor)
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
-        "Set the epoch (from 0) of `num_epochs`; eq. 10 sees E and E_total after the warm-up."
+        "Set the epoch (from 0) of `num_epochs`; eq. 10 counts after the warm-up."
         latent_boost_schedule(epoch, num_epochs)  # validates the training epoch
         if num_epochs <= self.warmup_epochs:
             raise ValueError(f"`num_epochs` ({num_epochs}) must exceed `warmup_epochs` "
@@ -281,32 +284,32 @@ class LatentBoostLoss(ClusterLoss):
         if self.detach_variance: d_own = d_own.detach()          # constants in backward
         n_C = class_counts(ids, K, dtype=r.dtype)                              # (K,) |C|
         ss = torch.zeros(K, dtype=r.dtype, device=r.device).index_add(0, ids, d_own)
-        var = ss / (n_C - 1).clamp_min(1)                                      # (K,) eq. 9
+        var = ss / (n_C - 1).clamp_min(1)                                     # (K,) eq. 9
         if self.singleton_variance == "pooled": fallback = d_own.sum() / (len(r) - 1)
         else: fallback = torch.zeros_like(var)
         return torch.where(n_C > 1, var, fallback).clamp_min(self.eps)
 
     def extra_logs(self) -> dict:
-        "What an `Objective` logs beside the loss: `dim`, the components kept on the last batch."
+        "What an `Objective` logs beside the loss: `dim`, kept on the last batch."
         return {} if self.last_dim is None else {"dim": self.last_dim}
 
     def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None,
                     ref_labels=None):
         alpha, beta = self.alpha, self.beta                                   # eq. 10
-        z = embeddings                                                        # (N, n) anchors
-        r = z if ref_emb is None else ref_emb                                 # (M, n) reference
-        if self.pca:                                    # W_PCA from the reference (the batch)
-            W, self.last_dim = pca_projection(r, self.threshold, self.detach_pca)   # eq. 8
+        z = embeddings                                                    # (N, n) anchors
+        r = z if ref_emb is None else ref_emb                           # (M, n) reference
+        if self.pca:                                # W_PCA from the reference (the batch)
+            W, self.last_dim = pca_projection(r, self.threshold, self.detach_pca)  # eq. 8
             z = z @ W.T                                                       # eq. 6
             r = z if ref_emb is None else r @ W.T
         ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
         counts = class_counts(ref_ids, K, dtype=r.dtype)                      # (K,)
-        mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]         # (K, q) eq. 7
+        mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]       # (K, q) eq. 7
         D = squared_euclidean_distances(z, mu)                                # (N, K)
-        d_ref = ((r - mu[ref_ids]) ** 2).sum(1)                               # (M,) for eq. 9
+        d_ref = ((r - mu[ref_ids]) ** 2).sum(1)                           # (M,) for eq. 9
         d_own = d_ref if ref_emb is None else ((z - mu[ids]) ** 2).sum(1)     # (N,)
         sigma2 = self.cluster_variances(r, ref_ids, K, d_ref)                 # (K,) eq. 9
-        ell = D / (-2 * sigma2[None, :])                                      # (N, K) exponents
+        ell = D / (-2 * sigma2[None, :])                                # (N, K) exponents
         if other is None: other = ids[:, None] != torch.arange(K, device=ids.device)
         neg = other & (counts > 0)[None, :]                                   # (N, K)
         if self.beta_placement == "exponent":
@@ -314,4 +317,4 @@ class LatentBoostLoss(ClusterLoss):
         else:
             log_sum = math.log(beta) + masked_logsumexp(ell, neg)
         log_den = torch.logaddexp(log_sum, torch.full_like(log_sum, math.log(self.eps)))
-        return d_own / (2 * sigma2[ids]) + alpha + log_den, counts[ids] > 0   # (N,) eq. 11
+        return d_own / (2 * sigma2[ids]) + alpha + log_den, counts[ids] > 0  # (N,) eq. 11
