@@ -214,9 +214,14 @@ def pca_projection(r: torch.Tensor, threshold: float = 0.95,
     "`W` `[min(m, n), n]`: the top `dim` principal directions of `r` (rest zero), `dim`."
     x = r.detach() if detach else r
     xc = x - x.mean(0)                                      # (m, n) centred batch
-    _, S, Vh = torch.linalg.svd(xc, full_matrices=False)  # (q,), (q, n); q = min(m, n)
+    m, n = xc.shape
+    if m >= n:                                  # the n x n covariance: cheaper than an SVD
+        lam, V = torch.linalg.eigh(xc.T @ xc)               # ascending eigenvalues S_j^2
+        S = lam.flip(0).clamp_min(0).sqrt()                 # (n,) singular values of xc
+        Vh = V.flip(1).T                                    # (n, n) principal directions
+    else: _, S, Vh = torch.linalg.svd(xc, full_matrices=False)   # (m,), (m, n)
     dim = explained_variance_dim(S.detach(), threshold)     # ()  eq. 8
-    keep = torch.arange(len(S), device=r.device) < dim      # (q,)
+    keep = torch.arange(len(S), device=r.device) < dim      # (q,), q = min(m, n)
     return Vh * keep[:, None].to(Vh.dtype), dim
 
 # %% ../nbs/14_magnet.ipynb #06cbea8a
