@@ -14,12 +14,12 @@ from .core import EmbeddingLoss, check_choice, check_number
 from .geometry import squared_euclidean_distances, safe_sqrt
 
 # %% auto #0
-__all__ = ['SYMMETRIZATIONS', 'REDUCTIONS', 'kth_smallest', 'directed_knn', 'knn_graph', 'similarity_weights',
+__all__ = ['SYMMETRIZATIONS', 'GRAPH_REDUCTIONS', 'kth_smallest', 'directed_knn', 'knn_graph', 'similarity_weights',
            'pair_sq_distances', 'CrossClassKernel', 'GraphSmoothnessLoss']
 
 # %% ../nbs/15_graph.ipynb #3b5ce58e
 SYMMETRIZATIONS = ("or", "and", "none")
-REDUCTIONS = ("sum", "mean", "none")
+GRAPH_REDUCTIONS = ("sum", "mean", "none")
 
 def kth_smallest(d: torch.Tensor, k: int) -> torch.Tensor:
     "The k-th smallest entry of each row of `d`: `topk` for small k (faster), `kthvalue`."
@@ -108,7 +108,7 @@ class GraphSmoothnessLoss(EmbeddingLoss):
         alpha = check_number("alpha", alpha, positive=True)
         active_tol = check_number("active_tol", active_tol, minimum=0)
         check_choice("symmetrize", symmetrize, SYMMETRIZATIONS)
-        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("reduction", reduction, GRAPH_REDUCTIONS)
         if not isinstance(normalize_embeddings, bool):
             raise TypeError(f"`normalize_embeddings` must be True or False; "
                             f"got {normalize_embeddings!r}.")

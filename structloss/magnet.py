@@ -16,8 +16,8 @@ from .geometry import (class_index, class_counts, class_sums, class_means,
                                  squared_euclidean_distances)
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluster_labels', 'other_class_clusters', 'ClusterLoss',
-           'within_cluster_sum_of_squares', 'magnet_terms', 'magnet_terms_from_class_sums', 'MagnetLoss',
+__all__ = ['CLUSTER_REDUCTIONS', 'SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluster_labels', 'other_class_clusters',
+           'ClusterLoss', 'within_cluster_sum_of_squares', 'magnet_terms', 'magnet_terms_from_class_sums', 'MagnetLoss',
            'latent_boost_schedule', 'explained_variance_dim', 'pca_projection', 'LatentBoostLoss']
 
 # %% ../nbs/14_magnet.ipynb #8d86f56c
@@ -50,7 +50,7 @@ def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor,
     return ~has[:, y_ids].T                                                    # (N, K)
 
 # %% ../nbs/14_magnet.ipynb #93fd5133
-REDUCTIONS = ("mean", "sum", "none")
+CLUSTER_REDUCTIONS = ("mean", "sum", "none")
 
 class ClusterLoss(EmbeddingLoss):
     "Base of losses against cluster means: `loss(embeddings, labels, cluster_labels)`."
@@ -65,7 +65,7 @@ class ClusterLoss(EmbeddingLoss):
             raise ValueError(f"`num_classes` must be a positive int or None; "
                              f"got {num_classes!r}.")
         self.num_classes = num_classes
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = check_choice("reduction", reduction, CLUSTER_REDUCTIONS)
 
     def check_inputs(self, embeddings, labels, cluster_labels=None) -> None:
         "The checks of every loss, ids below `num_classes`, and any `cluster_labels`."
