@@ -215,11 +215,11 @@ def pca_projection(r: torch.Tensor, threshold: float = 0.95,
     x = r.detach() if detach else r
     xc = x - x.mean(0)                                      # (m, n) centred batch
     m, n = xc.shape
-    if m >= n:                                  # the n x n covariance: cheaper than an SVD
+    if m >= n:                                  # n x n covariance: cheaper than an SVD
         lam, V = torch.linalg.eigh(xc.T @ xc)               # ascending eigenvalues S_j^2
         S = lam.flip(0).clamp_min(0).sqrt()                 # (n,) singular values of xc
         Vh = V.flip(1).T                                    # (n, n) principal directions
-    else: _, S, Vh = torch.linalg.svd(xc, full_matrices=False)   # (m,), (m, n)
+    else: _, S, Vh = torch.linalg.svd(xc, full_matrices=False)  # (m,), (m, n)
     dim = explained_variance_dim(S.detach(), threshold)     # ()  eq. 8
     keep = torch.arange(len(S), device=r.device) < dim      # (q,), q = min(m, n)
     return Vh * keep[:, None].to(Vh.dtype), dim
