@@ -427,18 +427,14 @@ class TripletMarginLoss(EmbeddingLoss):
         return sums, k, pos, neg
 
     def active_terms(self, embeddings, labels, **reference):
-        """Terms: the valid triplets; active: those with a non-zero loss. One byte per
-        triplet, `[N, M, M]` (pair (a, p) and the r-th negative of a): the loss itself
-        never forms them."""
+        """Counts per positive pair `[N, M]`: triplets with a non-zero loss (`k_ap`) and valid
+        triplets (`|Q_a|`); counts rather than `[N, M, M]` masks, in O(N^2) memory."""
         _, _, _, t, same, has_self = self.prepare(embeddings, labels, **reference)
         pos, neg = same.clone(), ~same
         if has_self: self_pairs(pos).fill_(False)
-        # softplus > 0: all of them
-        if self.smooth_loss: k = pos * neg.sum(1, keepdim=True)
-        else: k = triplet_margin_sums(t, pos, neg, self.margin)[1]     # (N, M) k_ap
-        rank = torch.arange(same.shape[1], device=same.device)
-        terms = pos[:, :, None] & (rank < neg.sum(1)[:, None, None])
-        return rank < k[:, :, None], terms
+        n_valid = pos * neg.sum(1, keepdim=True)                          # (N, M) |Q_a| at positives
+        if self.smooth_loss: return n_valid, n_valid                        # softplus > 0: all of them
+        return triplet_margin_sums(t, pos, neg, self.margin)[1] * pos, n_valid   # k_ap
 
 # %% ../nbs/11_pairs.ipynb #050e78b0
 def first_two_indices(ids: torch.Tensor, num_classes: int):
