@@ -19,7 +19,7 @@ __all__ = ['BENCH_VERSION', 'MODES', 'LINEAR', 'PML', 'PML_GUARDED', 'GUARD_FROM
            'FLOOR_TARGETS', 'SLOPE_LIMIT', 'SILHOUETTE_SPEEDUP', 'INFONCE_FLOOR', 'TRAIN_OVERHEAD', 'check_mode',
            'is_linear', 'floor_step', 'make_ours', 'make_pml', 'sync', 'time_call', 'interleaved_times', 'median',
            'ratio', 'slope', 'peak_memory', 'allocate', 'run_guarded', 'measure_cell', 'measure_loss', 'find_notebooks',
-           'chapter_loops', 'loop_value', 'measure_loops', 'quadratic_silhouette_parts', 'quadratic_silhouette',
+           'chapter_loops', 'loop_value', 'measure_loops', 'quadratic_class_distances', 'quadratic_silhouette',
            'measure_silhouette', 'measure_pml_ntxent', 'train_objective', 'measure_train_steps', 'bench_environment',
            'run_bench', 'mode_of', 'default_path', 'is_current', 'load_or_run', 'add_cli', 'main_bench',
            'judge_targets', 'check_reasons']
@@ -433,26 +433,27 @@ def measure_loops(names, settings: dict, log=print) -> list:
     return rows
 
 # %% ../nbs/40_performance.ipynb #b000002b
-def quadratic_silhouette_parts(z, labels, metric: str = "cosine",
-                               num_classes: int | None = None):
-    "`silhouette_parts` from the full `N x N` distance matrix: the O(N^2) form."
-    from structloss.geometry import class_index, class_counts, pairwise_distances
-    ids, C = class_index(labels, num_classes)
-    own = F.one_hot(ids, C)                                       # (N, C)
-    T = pairwise_distances(z, metric=metric) @ own.to(z.dtype)    # (N, N) @ (N, C)
-    n = class_counts(ids, C, dtype=z.dtype)                       # (C,)
-    n_own = n[ids]
-    a = (T * own).sum(1) / (n_own - 1).clamp_min(1)          # d(i, i) = 0 adds nothing
-    return a, T / n.clamp_min(1), ~own.bool() & (n > 0)[None, :], n_own
+def quadratic_class_distances(z, ids, ref, ref_ids, num_classes: int,
+                              metric: str = "cosine", self_in_ref: bool = True,
+                              block_size: int = 2048):
+    "`class_distances` from the full `N x M` distance matrix: the O(N^2) form."
+    from structloss.geometry import class_counts, pairwise_distances
+    D = pairwise_distances(z, ref, metric=metric)                 # (N, M) every pair
+    if self_in_ref: D = D.diagonal_scatter(D.new_zeros(len(z)))   # d(i, i) = 0
+    n = class_counts(ref_ids, num_classes, dtype=z.dtype)         # (C,)
+    T = D.new_zeros(len(z), num_classes).index_add(1, ref_ids, D) # (N, C) sums by class
+    mates = n[ids] - 1 if self_in_ref else n[ids]
+    a = T.gather(1, ids[:, None]).squeeze(1).clamp_min(0) / mates.clamp_min(1)   # eq. 8
+    return a, T / n.clamp_min(1), n, mates
 
 @contextlib.contextmanager
 def quadratic_silhouette():
     "Inside the block, `SoftSilhouetteLoss` takes d(i, c) from the N x N distances."
     import structloss.silhouette as S
-    linear = S.silhouette_parts
-    S.silhouette_parts = quadratic_silhouette_parts
+    linear = S.class_distances
+    S.class_distances = quadratic_class_distances
     try: yield
-    finally: S.silhouette_parts = linear
+    finally: S.class_distances = linear
 
 # %% ../nbs/40_performance.ipynb #b000002d
 def measure_silhouette(settings: dict, device="cpu", log=print) -> list:

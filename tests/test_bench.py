@@ -182,7 +182,7 @@ def test_quadratic_silhouette_is_the_same_loss():
     with B.quadratic_silhouette(): q = SoftSilhouetteLoss()(x, y)
     assert torch.allclose(q, SoftSilhouetteLoss()(x, y))
     import structloss.silhouette as S
-    assert S.silhouette_parts is not B.quadratic_silhouette_parts   # restored after the block
+    assert S.class_distances is not B.quadratic_class_distances    # restored after the block
 
 
 @pytest.mark.skipif(B.find_notebooks() is None, reason="needs the chapters' notebooks")
