@@ -32,8 +32,8 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/01_geometry.ipynb #65a90b9f
 def safe_normalize(x: torch.Tensor) -> torch.Tensor:
     "Rows of `x` scaled to unit norm; a zero row stays zero, with a zero gradient."
-    norm = safe_sqrt((x * x).sum(1, keepdim=True))
-    return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    norm = safe_sqrt((x * x).sum(1, keepdim=True))                     # (N, 1)
+    return x / torch.where(norm > 0, norm, torch.inf)                    # x / inf = 0: a zero row
 
 # %% ../nbs/01_geometry.ipynb #b0da3211
 def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
