@@ -87,11 +87,13 @@ class InfoNCERows(torch.autograd.Function):
             t = torch.where(same, lowest, blk)                 # the negatives only
             m = t.amax(1, keepdim=True)
             L[rows] = t.sub_(m).exp_().sum(1).log_() + m[:, 0] # L_i: LSE over N(i)
-            x = torch.where(same, L[rows, None] - blk, -torch.inf)   # L_i - s_ip on P(i)
-            if self_in_ref: x[:, rows].diagonal().fill_(-torch.inf)  # ... but p != i
+            if self_in_ref: same[:, rows].diagonal().fill_(False)   # P(i): p != i
+            d = L[rows, None] - blk                            # L_i - s_ij
+            x = torch.where(same, d, -torch.inf)               # ... on P(i) only
             c[rows] = torch.sigmoid(x).sum(1)                  # c_i of eq. 4
             relu = x.clamp_min(0).sum(1)                       # softplus(x) = max(x, 0)
-            one_plus = x.abs_().neg_().exp_().add_(1)          #   + log(1 + e^-|x|)
+            e = d.abs_().neg_().exp_()                         #   + log(1 + e^-|x|); exp
+            one_plus = torch.where(same, e, 0.0).add_(1)       #   of normal numbers only
             out[rows] = relu + _log_prod_rows(one_plus)
         ctx.save_for_backward(a, b, ya, yb, L, c)
         ctx.s, ctx.self_in_ref = s, self_in_ref
