@@ -379,3 +379,10 @@ def test_tiny_temperature_extreme_logits_stay_finite(cls):
     v64, g64 = value_and_grads(cls(0.005), x.double(), y)
     assert torch.isfinite(v) and torch.isfinite(g).all()
     assert_close(v.double(), v64, rtol=1e-4, atol=1e-4)
+
+
+def test_masked_logsumexp_is_the_one_in_core():
+    "Kept importable from `structloss.contrastive` for users; the one implementation lives in core."
+    import structloss.contrastive as sc
+    import structloss.core as core
+    assert sc.masked_logsumexp is core.masked_logsumexp
