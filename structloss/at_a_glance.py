@@ -46,13 +46,13 @@ def glance_frame(loss, z: torch.Tensor, labels: torch.Tensor, step: int) -> dict
             "grad_active_ratio": report["grad_active_ratio"]}
 
 def glance_run(
-    loss,                  # an `EmbeddingLoss`; its own parameters (proxies) train too
-               w: torch.Tensor,       # [N, d] starting points (from `circle_batch`)
-               labels: torch.Tensor,  # [N]
-               steps: int = 60,       # optimiser steps
-               lr: float = 0.05,      # Adam's learning rate, the same for every loss
-               record_every: int = 5, # a frame every `record_every` steps (and the last)
-              ) -> list[dict]:
+    loss,  # an `EmbeddingLoss`; its own parameters (proxies) train too
+    w: torch.Tensor,  # [N, d] starting points (from `circle_batch`)
+    labels: torch.Tensor,  # [N]
+    steps: int = 60,  # optimiser steps
+    lr: float = 0.05,  # Adam's learning rate, the same for every loss
+    record_every: int = 5,  # a frame every `record_every` steps (and the last)
+) -> list[dict]:
     """Move free points `z = w / ||w||` by `loss` alone: a `glance_frame` per recorded
     step."""
     if not isinstance(steps, int) or steps < 1:
@@ -74,13 +74,12 @@ def glance_run(
         opt.step()
     return frames
 
-
 # %% ../nbs/18_at_a_glance.ipynb #9fc81713
 def glance_all(
-    losses: dict | None = None, # {name: loss class}; None: every loss of the book
-               num_classes: int = 4, per_class: int = 10, dim: int = 2, seed: int = 0,
-               steps: int = 60, lr: float = 0.05, record_every: int = 5,
-              ) -> tuple[dict, torch.Tensor]:
+        losses: dict | None = None, # {name: loss class}; None: every loss of the book
+        num_classes: int = 4, per_class: int = 10, dim: int = 2, seed: int = 0,
+        steps: int = 60, lr: float = 0.05, record_every: int = 5,
+        ) -> tuple[dict, torch.Tensor]:
     """`({name: frames}, labels)`: every loss trained from the same batch with the same
     budget."""
     losses = find_losses(verbose=False) if losses is None else losses
@@ -121,14 +120,16 @@ def html_table(
         text = ("–" if v is None or (isinstance(v, float) and math.isnan(v))
                 else f"{v:.{digits}f}" if isinstance(v, float) else str(v))
         text = html.escape(text)
-        if (i, c) not in links: return text
-        return f'<a href="{html.escape(links[i, c])}">{text}</a>'
+        return (
+            f'<a href="{html.escape(links[i, c])}">{text}</a>'
+            if (i, c) in links
+            else text
+        )
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(i, c)}</td>" for c in cols) + "</tr>"
                    for i in range(len(rows)))
     return (f'<table class="structloss-table"><thead><tr>{head}</tr></thead>'
             f'<tbody>{body}</tbody></table>')
-
 
 # %% ../nbs/18_at_a_glance.ipynb #6f214622
 def _panel(ax, frame, labels, title, colors):
@@ -201,4 +202,3 @@ def offline_jshtml(anim, **kwargs) -> str:
         raise RuntimeError("matplotlib's animation player changed: update "
                            "`offline_jshtml`.")
     return out
-

@@ -35,16 +35,19 @@ def is_smoke() -> bool:
 
 def by_profile(smoke, cpu, colab=None):
     "The value for the active profile: `colab` falls back to `cpu` when not given."
-    return {"smoke": smoke, "cpu": cpu,
-            "colab": cpu if colab is None else colab}[get_profile()]
+    return {"smoke": smoke, "cpu": cpu, "colab": cpu if colab is None else colab}[
+        get_profile()
+    ]
 
 # %% ../nbs/00_core.ipynb #937abd7e
 def get_device(prefer: str | None = None) -> torch.device:
     "`prefer` if given, else the best available: CUDA, then Apple MPS, then CPU."
     if prefer is not None: return torch.device(prefer)
     if torch.cuda.is_available(): return torch.device("cuda")
-    if getattr(torch.backends, "mps",
-               None) is not None and torch.backends.mps.is_available():
+    if (
+        getattr(torch.backends, "mps", None) is not None
+        and torch.backends.mps.is_available()
+    ):
         return torch.device("mps")
     return torch.device("cpu")
 
@@ -60,11 +63,14 @@ def environment_report(seeds=None, device=None) -> dict:
         try: return md.version(pkg)
         except md.PackageNotFoundError: return None
     device = get_device() if device is None else torch.device(device)
-    report = {"profile": get_profile(), "device": str(device),
-              "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                              else platform.processor() or platform.machine()),
-              "seeds": list(seeds) if seeds is not None else None,
-              "python": platform.python_version()}
+    report = {
+        "profile": get_profile(),
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "seeds": list(seeds) if seeds is not None else None,
+        "python": platform.python_version(),
+    }
     for pkg in ("structloss", "torch", "numpy", "scikit-learn", "torchvision"):
         report[pkg] = version(pkg)
     return report
@@ -137,8 +143,9 @@ def check_labels(labels, n: int | None = None, name: str = "labels") -> None:
                          f"have {n} rows; "
                          f"each embedding needs exactly one label.")
 
-def check_class_ids(labels: torch.Tensor, num_classes: int,
-                    owner: str = "this loss") -> None:
+def check_class_ids(
+    labels: torch.Tensor, num_classes: int, owner: str = "this loss"
+) -> None:
     """Raise `ValueError` unless every label is a class id in `[0, num_classes)` (reads
     values only where `reads_values`)."""
     if not reads_values(labels) or len(labels) == 0: return
@@ -158,8 +165,9 @@ def check_choice(name: str, value, options) -> str:
                          f"{', '.join(repr(o) for o in options)}; got {value!r}.")
     return value
 
-def check_number(name: str, value, minimum: float | None = None,
-                 positive: bool = False) -> float:
+def check_number(
+    name: str, value, minimum: float | None = None, positive: bool = False
+) -> float:
     """`value` as a float; a clear error unless it is a finite real number (>= `minimum`,
     or > 0 with `positive`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -212,14 +220,16 @@ class EmbeddingLoss(torch.nn.Module):
             loss = self.compute(z, labels, *args, **ref, **kwargs)
         return loss.to(embeddings.dtype)
 
-    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
-                     **kwargs) -> None:
+    def check_inputs(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs
+    ) -> None:
         """Clear errors on bad input; a loss with more to check (parameters, extra
         arguments) extends this."""
         check_embeddings_labels(embeddings, labels, self.min_samples)
 
-    def check_reference(self, embeddings, ref_emb, ref_labels,
-                        self_in_ref: bool = False) -> dict:
+    def check_reference(
+        self, embeddings, ref_emb, ref_labels, self_in_ref: bool = False
+    ) -> dict:
         """`{}` without a reference set, else `{ref_emb, ref_labels, self_in_ref}` checked
         against `embeddings`."""
         if ref_emb is None and ref_labels is None:

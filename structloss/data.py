@@ -20,8 +20,9 @@ __all__ = ['TORCHVISION_DATASETS', 'DATASETS', 'stratified_split', 'ArrayDataset
            'fake_splits', 'register_dataset', 'load_dataset']
 
 # %% ../nbs/20_data.ipynb #1befac0d
-def stratified_split(labels, fractions: tuple = (0.15, 0.2),
-                     seed: int = 0) -> list[np.ndarray]:
+def stratified_split(
+    labels, fractions: tuple = (0.15, 0.2), seed: int = 0
+) -> list[np.ndarray]:
     """Split indices of `labels` by class (eq. 1): returns `[rest, part_1, ...]` for
     `fractions` `(f_1, ...)`."""
     labels = np.asarray(labels)
@@ -39,8 +40,9 @@ def stratified_split(labels, fractions: tuple = (0.15, 0.2),
             n = int(round(f * len(idx)))
             parts[k].append(idx[start:start + n]); start += n
         parts[0].append(idx[start:])
-    return [np.sort(np.concatenate(p)) if p else np.zeros(0,
-                                                          dtype=np.int64) for p in parts]
+    return [
+        np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts
+    ]
 
 # %% ../nbs/20_data.ipynb #5349973a
 class ArrayDataset(Dataset):
@@ -60,9 +62,11 @@ class LabeledSubset(Dataset):
     "The samples `indices` of `dataset`, with their labels as a `targets` array."
     def __init__(self, dataset, indices, targets=None):
         self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
-        self.targets = dataset_labels(
-            dataset)[self.indices] if targets is None else np.asarray(
-                targets, dtype=np.int64)
+        self.targets = (
+            dataset_labels(dataset)[self.indices]
+            if targets is None
+            else np.asarray(targets, dtype=np.int64)
+        )
     def __len__(self): return len(self.indices)
     def __getitem__(self, i): return self.dataset[int(self.indices[i])]
 
@@ -112,8 +116,9 @@ class RandomShift:
         if s == 0: return x
         shifts = torch.randint(-s, s + 1, (x.ndim - 1,)).tolist()
         padded = torch.nn.functional.pad(x, [s] * (2 * (x.ndim - 1)))
-        slices = [slice(None)] + [slice(s - k, s - k + n) for k,
-                                  n in zip(shifts, x.shape[1:])]
+        slices = [slice(None)] + [
+            slice(s - k, s - k + n) for k, n in zip(shifts, x.shape[1:])
+        ]
         return padded[tuple(slices)]
     def __repr__(self): return f"RandomShift(max_shift={self.max_shift})"
 
@@ -184,10 +189,13 @@ def _mnist1d_arrays(num_samples: int, data_seed: int):
     np.savez_compressed(path, **arrays)
     return arrays
 
-def mnist1d_splits(seed: int = 0,
-                   num_samples: int = 5000, # the package's default is 5,000; more is fine
-                   val_fraction: float = 0.15, data_seed: int = 42,
-                   augment: bool = False) -> DataSplits:
+def mnist1d_splits(
+    seed: int = 0,
+    num_samples: int = 5000,  # the package's default is 5,000; more is fine
+    val_fraction: float = 0.15,
+    data_seed: int = 42,
+    augment: bool = False,
+) -> DataSplits:
     """MNIST-1D as `[1, 40]` tensors: the package's test part, and train/validation split
     by class with `seed`."""
     if num_samples < 100:
@@ -248,12 +256,18 @@ def image_transforms(train: bool, size: int = 32, mean=(0.5,), std=(0.5,),
     if not train or augment is None:
         if not small: tf += [T.Resize(int(round(size * 8 / 7))), T.CenterCrop(size)]
     else:
-        tf += [T.RandomCrop(size,
-                            padding=size // 8)] if small else [T.RandomResizedCrop(size)]
+        tf += (
+            [T.RandomCrop(size, padding=size // 8)]
+            if small
+            else [T.RandomResizedCrop(size)]
+        )
         if augment in ("crop_flip", "autoaugment"): tf += [T.RandomHorizontalFlip()]
         if augment == "autoaugment":
-            tf += [T.AutoAugment(
-                T.AutoAugmentPolicy.CIFAR10 if small else T.AutoAugmentPolicy.IMAGENET)]
+            tf += [
+                T.AutoAugment(
+                    T.AutoAugmentPolicy.CIFAR10 if small else T.AutoAugmentPolicy.IMAGENET
+                )
+            ]
     return T.Compose(tf + [T.ToTensor(), T.Normalize(mean, std)])
 
 # %% ../nbs/20_data.ipynb #eb5416c2
@@ -288,19 +302,23 @@ def _torchvision_dataset(name, split, root, transform, download):
 
 # %% ../nbs/20_data.ipynb #ff485f4e
 def torchvision_splits(
-        name: str, seed: int = 0, root: str | None = None,
-        download: bool = False,
-        augment: str | None = "default", # 'default': the paper's pipeline for the data
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2, # test: only for sets without one
-        size: int | None = None) -> DataSplits:
+    name: str,
+    seed: int = 0,
+    root: str | None = None,
+    download: bool = False,
+    augment: str | None = "default",  # 'default' = the paper's pipeline for this dataset
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,  # test: only for sets without one
+    size: int | None = None,
+) -> DataSplits:
     """A torchvision dataset as `DataSplits`, training split augmented, validation/test
     plain."""
     if name not in TORCHVISION_DATASETS:
         raise ValueError(f"Unknown torchvision dataset {name!r}; choose one of "
                          f"{sorted(TORCHVISION_DATASETS)}.")
-    spec = TORCHVISION_DATASETS[name]
-    cls_name, style, size0, channels, num_classes, (mean, std), aug0 = spec
+    cls_name, style, size0, channels, num_classes, (mean, std), aug0 = (
+        TORCHVISION_DATASETS[name]
+    )
     size, root = size or size0, root or cache_dir()
     augment = aug0 if augment == "default" else augment
     tf_train = image_transforms(True, size, mean, std, augment, channels)
@@ -318,19 +336,25 @@ def torchvision_splits(
         train = make("train", tf_train); val = make("val", tf_eval)
         test = make("test", tf_eval)
         train_eval = make("train", tf_eval)
-        train, val, test, train_eval = (LabeledSubset(d, np.arange(len(d)))
-                                        for d in (train, val, test, train_eval))
+        train, val, test, train_eval = (
+            LabeledSubset(d, np.arange(len(d))) for d in (train, val, test, train_eval)
+        )
     else:
-        full_train, full_eval, test = make("train",
-                                           tf_train), make("train",
-                                                           tf_eval), make("test", tf_eval)
+        full_train, full_eval, test = (
+            make("train", tf_train),
+            make("train", tf_eval),
+            make("test", tf_eval),
+        )
         labels = dataset_labels(full_train)
         tr, va = stratified_split(labels, (val_fraction,), seed)
-        train, val = LabeledSubset(full_train, tr,
-                                   labels[tr]), LabeledSubset(full_eval, va, labels[va])
-        test, train_eval = LabeledSubset(test,
-                                         np.arange(len(test))), LabeledSubset(
-                                             full_eval, tr, labels[tr])
+        train, val = (
+            LabeledSubset(full_train, tr, labels[tr]),
+            LabeledSubset(full_eval, va, labels[va]),
+        )
+        test, train_eval = (
+            LabeledSubset(test, np.arange(len(test))),
+            LabeledSubset(full_eval, tr, labels[tr]),
+        )
     classes = getattr(getattr(train, "dataset", None), "classes", None)
     return DataSplits(name, train, val, test, num_classes, (channels, size, size),
                       classes,
@@ -367,8 +391,9 @@ def register_dataset(name: str, loader, overwrite: bool = False) -> None:
     which returns `DataSplits`."""
     if not callable(loader):
         raise TypeError(f"`loader` must be callable; got {type(loader).__name__}.")
-    taken = name in DATASETS and DATASETS[name] is not loader and not overwrite
-    if name in TORCHVISION_DATASETS or taken:
+    if name in TORCHVISION_DATASETS or (
+        name in DATASETS and DATASETS[name] is not loader and not overwrite
+    ):
         raise ValueError(f"A dataset named {name!r} exists already; choose another name "
                          "or pass overwrite=True.")
     DATASETS[name] = loader

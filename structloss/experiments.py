@@ -32,9 +32,11 @@ def _merge(base: dict, over: dict) -> dict:
     else replaced."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v,
-                                                 dict) and isinstance(out.get(
-                                                     k), dict) else copy.deepcopy(v)
+        out[k] = (
+            _merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict)
+            else copy.deepcopy(v)
+        )
     return out
 
 @dataclass
@@ -81,8 +83,9 @@ class Experiment:
         return Experiment(self.name, **{k: d[k] for k in _FIELDS},
                           description=self.description)
 
-    def derive(self, name: str, description: str | None = None,
-               **overrides) -> "Experiment":
+    def derive(
+        self, name: str, description: str | None = None, **overrides
+    ) -> "Experiment":
         """A copy named `name` with `overrides` merged into its fields (dicts recursively,
         per profile for `profiles`)."""
         bad = set(overrides) - set(_FIELDS) - {"profiles"}
@@ -95,8 +98,12 @@ class Experiment:
         for p, over in overrides.get("profiles", {}).items():
             mergeable = over is not None and profiles.get(p) is not None
             profiles[p] = _merge(profiles[p], over) if mergeable else copy.deepcopy(over)
-        if description is None: description = self.description
-        return Experiment(name, **d, profiles=profiles, description=description)
+        return Experiment(
+            name,
+            **d,
+            profiles=profiles,
+            description=self.description if description is None else description,
+        )
 
     def to_dict(self) -> dict:
         "JSON-friendly description (callables by their names)."
@@ -120,8 +127,10 @@ def register_experiment(exp: Experiment, overwrite: bool = False) -> Experiment:
 
 def _structloss_modules() -> list[str]:
     import structloss
-    return sorted(m.name for m in pkgutil.iter_modules(
-        structloss.__path__) if m.name not in _BENCH)
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(structloss.__path__) if m.name not in _BENCH
+    )
 
 def _import_all():
     for m in _structloss_modules():
@@ -199,9 +208,12 @@ def build_objective(spec: dict | None, data: DataSplits, embedding_dim: int):
     spec = dict(spec or {})
     if "factory" in spec:
         import structloss.objectives as so
-        fn = getattr(so, spec["factory"],
-                     None) if "." not in spec["factory"] else resolve_loss(
-                         spec["factory"])
+
+        fn = (
+            getattr(so, spec["factory"], None)
+            if "." not in spec["factory"]
+            else resolve_loss(spec["factory"])
+        )
         if fn is None:
             raise ValueError(f"Unknown objective factory {spec['factory']!r} in "
                              "structloss.objectives.")
@@ -216,8 +228,10 @@ def build_objective(spec: dict | None, data: DataSplits, embedding_dim: int):
             raise ValueError(f"Objective term {name!r} must be a dict with a 'loss' name "
                              "(and optional 'kwargs', "
                              f"'weight'); got {t!r}.")
-        terms[name] = (_make_loss(resolve_loss(t["loss"]), t.get("kwargs", {}), data,
-                                  embedding_dim), t.get("weight", 1.0))
+        terms[name] = (
+            _make_loss(resolve_loss(t["loss"]), t.get("kwargs", {}), data, embedding_dim),
+            t.get("weight", 1.0),
+        )
     return Objective(terms, ce_weight=spec.get("ce_weight", 1.0), mix=spec.get("mix"),
                      views=spec.get("views"))
 
@@ -309,8 +323,9 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
         raise ValueError(f"Experiment {exp.name!r}: `model` needs an 'encoder' or a "
                          "'factory'.")
     eval_kw = dict(exp.evaluation)
-    extras = [_resolve_callable(p,
-                                "evaluation function") for p in eval_kw.pop("extra", ())]
+    extras = [
+        _resolve_callable(p, "evaluation function") for p in eval_kw.pop("extra", ())
+    ]
     dkw = dict(exp.dataset_kwargs)
     if download and exp.dataset in TORCHVISION_DATASETS: dkw["download"] = True
     data = load_dataset(exp.dataset, seed=exp.split_seed, **dkw)
@@ -330,8 +345,11 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
         metrics.append(m); histories.append(res.history)
         if emb is None: _, emb, lab = embed(res.model, data.test)
         if verbose:
-            shown = ", ".join(f"{k}={v:.4f}" for k,
-                              v in m.items() if k in ("top1", "knn1", "silhouette"))
+            shown = ", ".join(
+                f"{k}={v:.4f}"
+                for k, v in m.items()
+                if k in ("top1", "knn1", "silhouette")
+            )
             print(f"{exp.name} seed {seed}: {shown}")
     result = ExperimentResult(exp, profile, metrics, histories, summarize(metrics),
                               run_dir, emb, lab,
@@ -340,13 +358,15 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
     if run_dir: save_result(result, figures=figures, tsne=tsne)
     return result
 
-def save_result(result: ExperimentResult, figures: bool = True,
-                tsne: bool = False) -> None:
+def save_result(
+    result: ExperimentResult, figures: bool = True, tsne: bool = False
+) -> None:
     """Write `results.json` (with histories), `summary.csv`, `embeddings.pt` and the plots
     into `result.out_dir`."""
     d = result.out_dir; os.makedirs(d, exist_ok=True)
-    summary = {k: {"mean": m, "std": s, "n": n} for k,
-               (m, s, n) in result.summary.items()}
+    summary = {
+        k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in result.summary.items()
+    }
     with open(os.path.join(d, "results.json"), "w") as f:
         json.dump({"experiment": result.experiment.to_dict(), "profile": result.profile,
                    "environment": result.environment, "wall_s": result.wall_s,
@@ -388,8 +408,9 @@ def plot_history(histories: list, keys=("train_total", "val_acc"),
     fig.tight_layout()
     return fig
 
-def project_2d(embeddings: torch.Tensor, method: str = "pca",
-               seed: int = 0) -> np.ndarray:
+def project_2d(
+    embeddings: torch.Tensor, method: str = "pca", seed: int = 0
+) -> np.ndarray:
     "2-D coordinates of `embeddings` by PCA or t-SNE (scikit-learn)."
     x = torch.as_tensor(embeddings).float().numpy()
     if method == "pca":
@@ -397,8 +418,10 @@ def project_2d(embeddings: torch.Tensor, method: str = "pca",
         return PCA(2, random_state=seed).fit_transform(x)
     if method == "tsne":
         from sklearn.manifold import TSNE
-        return TSNE(2, init="pca", perplexity=min(30.0, (len(x) - 1) / 3),
-                    random_state=seed).fit_transform(x)
+
+        return TSNE(
+            2, init="pca", perplexity=min(30.0, (len(x) - 1) / 3), random_state=seed
+        ).fit_transform(x)
     raise ValueError(f"`method` must be 'pca' or 'tsne'; got {method!r}.")
 
 def plot_embeddings(embeddings, labels, method: str = "pca", ax=None,
@@ -440,9 +463,9 @@ def default_runs_dir() -> str:
     if os.environ.get("STRUCTLOSS_RUNS"): return os.environ["STRUCTLOSS_RUNS"]
     here = os.path.abspath(os.getcwd())
     while True:
-        if os.path.isdir(os.path.join(here,
-                                      "nbs")) and os.path.isfile(os.path.join(
-                                          here, "pyproject.toml")):
+        if os.path.isdir(os.path.join(here, "nbs")) and os.path.isfile(
+            os.path.join(here, "pyproject.toml")
+        ):
             return os.path.join(here, "runs")
         parent = os.path.dirname(here)
         if parent == here: return os.path.abspath("runs")
@@ -477,14 +500,16 @@ def load_result(experiment: str | Experiment, profile: str | None = None,
 
 def _same_experiment(stored: ExperimentResult, exp: Experiment) -> bool:
     return stored.experiment.to_dict() == exp.to_dict() and len(stored.histories) == len(
-        exp.seeds)
+        exp.seeds
+    )
 
 def run_or_load(
-        experiment: str | Experiment, profile: str | None = None,
-        out_dir: str | None = None,
-        rerun: bool = False, # run even when stored results match
-        **kwargs, # to `run_experiment` (not `seeds`: the experiment holds its seeds)
-        ) -> ExperimentResult:
+    experiment: str | Experiment,
+    profile: str | None = None,
+    out_dir: str | None = None,
+    rerun: bool = False,  # run even when stored results match
+    **kwargs,  # to `run_experiment` (not `seeds`: the experiment holds its seeds)
+) -> ExperimentResult:
     """The stored result of `experiment` if it was written for the same resolved
     experiment, else a fresh run."""
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
@@ -503,8 +528,10 @@ def run_suite(suite: str, profile: str | None = None, out_dir: str | None = None
               rerun: bool = False,
               **kwargs) -> dict:
     "`{name: ExperimentResult}` for every member of `suite` (`run_or_load` each)."
-    return {name: run_or_load(name, profile, out_dir, rerun,
-                              **kwargs) for name in get_suite(suite)}
+    return {
+        name: run_or_load(name, profile, out_dir, rerun, **kwargs)
+        for name in get_suite(suite)
+    }
 
 def glue(name: str, value, display: bool = False):
     """Store `value` under `name` for the book's prose (MyST-NB's `glue` role); returns
@@ -515,52 +542,115 @@ def glue(name: str, value, display: bool = False):
     return value
 
 # %% ../nbs/24_experiments.ipynb #53b05038
-_BASELINES = [Experiment(
-    "ce_digits", "digits", objective={},
-    model={"encoder": "digits_cnn", "embedding_dim": 64},
-    train={"epochs": 15, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4,
-           "diagnostics": True},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"train": {"epochs": 2, "diagnostics": False}, "seeds": (0,)},
-              "colab": {"train": {"epochs": 40}, "seeds": (0, 1, 2, 3, 4)}},
-    description="Cross-entropy baseline on scikit-learn digits (8x8) with a small CNN."),
-Experiment(
-    "ce_mnist1d", "mnist1d", objective={}, dataset_kwargs={"num_samples": 10_000},
-    model={"encoder": "mnist1d_cnn", "embedding_dim": 64},
-    train={"epochs": 15, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4,
-           "diagnostics": True},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"dataset_kwargs": {"num_samples": 2000},
-                        "train": {"epochs": 3, "diagnostics": False}, "seeds": (0,)},
-              "colab": {"dataset_kwargs": {"num_samples": 40_000},
-                        "train": {"epochs": 40}, "seeds": (0, 1, 2, 3, 4)}},
-    description="Cross-entropy baseline on MNIST-1D (10,000 generated samples) with a "
-                "1-D CNN."),
-Experiment(
-    "ce_cifar10", "cifar10", objective={},
-    model={"encoder": "preact_resnet18", "embedding_dim": 128},
-    train={"epochs": 100, "batch_size": 128, "optimizer": "sgd", "lr": 0.1,
-           "weight_decay": 5e-4, "num_workers": 4},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"dataset": "fake",
-                        "dataset_kwargs": {"num_samples": 64, "size": 32},
-                        "model": {"encoder": "digits_cnn", "encoder_kwargs": {"width": 8},
-                                  "embedding_dim": 16},
-                        "train": {"epochs": 1, "batch_size": 16, "lr": 0.01,
-                                  "num_workers": 0}, "seeds": (0,)},
-              "cpu": None},
-    description="Cross-entropy on CIFAR-10 with pre-activation ResNet-18 (GPU)."),
-Experiment(
-    "supcon2_digits", "digits", dataset_kwargs={"augment": True},
-    objective={"terms": {"supcon": {"loss": "SupConLoss", "kwargs": {"temperature": 0.1},
-                                    "weight": 1.0}}, "views": 2},
-    model={"encoder": "digits_cnn", "embedding_dim": 64},
-    train={"epochs": 15, "sampler": {"m": 4, "p": 10}, "views": 2, "lr": 3e-3,
-           "weight_decay": 1e-4},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"train": {"epochs": 1}, "seeds": (0,)}},
-    description="CE + two-view supervised contrastive loss (SupCon2) on digits, "
-                "class-balanced batches.")]
+_BASELINES = [
+    Experiment(
+        "ce_digits",
+        "digits",
+        objective={},
+        model={"encoder": "digits_cnn", "embedding_dim": 64},
+        train={
+            "epochs": 15,
+            "batch_size": 64,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "diagnostics": True,
+        },
+        seeds=(0, 1, 2),
+        profiles={
+            "smoke": {"train": {"epochs": 2, "diagnostics": False}, "seeds": (0,)},
+            "colab": {"train": {"epochs": 40}, "seeds": (0, 1, 2, 3, 4)},
+        },
+        description="Cross-entropy baseline on scikit-learn digits (8x8) with a small "
+                    "CNN.",
+    ),
+    Experiment(
+        "ce_mnist1d",
+        "mnist1d",
+        objective={},
+        dataset_kwargs={"num_samples": 10_000},
+        model={"encoder": "mnist1d_cnn", "embedding_dim": 64},
+        train={
+            "epochs": 15,
+            "batch_size": 128,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "diagnostics": True,
+        },
+        seeds=(0, 1, 2),
+        profiles={
+            "smoke": {
+                "dataset_kwargs": {"num_samples": 2000},
+                "train": {"epochs": 3, "diagnostics": False},
+                "seeds": (0,),
+            },
+            "colab": {
+                "dataset_kwargs": {"num_samples": 40_000},
+                "train": {"epochs": 40},
+                "seeds": (0, 1, 2, 3, 4),
+            },
+        },
+        description="Cross-entropy baseline on MNIST-1D (10,000 generated samples) with "
+                    "a "
+        "1-D CNN.",
+    ),
+    Experiment(
+        "ce_cifar10",
+        "cifar10",
+        objective={},
+        model={"encoder": "preact_resnet18", "embedding_dim": 128},
+        train={
+            "epochs": 100,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "weight_decay": 5e-4,
+            "num_workers": 4,
+        },
+        seeds=(0, 1, 2),
+        profiles={
+            "smoke": {
+                "dataset": "fake",
+                "dataset_kwargs": {"num_samples": 64, "size": 32},
+                "model": {
+                    "encoder": "digits_cnn",
+                    "encoder_kwargs": {"width": 8},
+                    "embedding_dim": 16,
+                },
+                "train": {"epochs": 1, "batch_size": 16, "lr": 0.01, "num_workers": 0},
+                "seeds": (0,),
+            },
+            "cpu": None,
+        },
+        description="Cross-entropy on CIFAR-10 with pre-activation ResNet-18 (GPU).",
+    ),
+    Experiment(
+        "supcon2_digits",
+        "digits",
+        dataset_kwargs={"augment": True},
+        objective={
+            "terms": {
+                "supcon": {
+                    "loss": "SupConLoss",
+                    "kwargs": {"temperature": 0.1},
+                    "weight": 1.0,
+                }
+            },
+            "views": 2,
+        },
+        model={"encoder": "digits_cnn", "embedding_dim": 64},
+        train={
+            "epochs": 15,
+            "sampler": {"m": 4, "p": 10},
+            "views": 2,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+        },
+        seeds=(0, 1, 2),
+        profiles={"smoke": {"train": {"epochs": 1}, "seeds": (0,)}},
+        description="CE + two-view supervised contrastive loss (SupCon2) on digits, "
+                    "class-balanced batches.",
+    ),
+]
 for _e in _BASELINES: register_experiment(_e)
 
 # %% ../nbs/24_experiments.ipynb #8faa308b
@@ -615,17 +705,23 @@ def main(argv=None) -> int:
     try:
         t0 = time.perf_counter()
         if args.experiment not in EXPERIMENTS: _import_all()
-        names = get_suite(args.experiment) if args.experiment in SUITES else [
-            args.experiment]
+        names = (
+            get_suite(args.experiment) if args.experiment in SUITES else [args.experiment]
+        )
         for name in names:
-            res = run_experiment(name, profile=args.profile, seeds=args.seeds,
-                                 out_dir=out,
-                                 device=args.device, progress=not args.no_progress,
-                                 resume=args.resume,
-                                 train_overrides={
-                                     "epochs": args.epochs} if args.epochs else None,
-                                 download=args.download, figures=not args.no_figures,
-                                 tsne=args.tsne)
+            res = run_experiment(
+                name,
+                profile=args.profile,
+                seeds=args.seeds,
+                out_dir=out,
+                device=args.device,
+                progress=not args.no_progress,
+                resume=args.resume,
+                train_overrides={"epochs": args.epochs} if args.epochs else None,
+                download=args.download,
+                figures=not args.no_figures,
+                tsne=args.tsne,
+            )
             print(res.table())
             print(f"saved to {res.out_dir} ({res.wall_s:.0f} s)")
     except (ValueError, TypeError, RuntimeError) as e:

@@ -45,8 +45,9 @@ def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Te
     y_hat = x_hat if y is None else safe_normalize(y)
     return 1 - x_hat @ y_hat.T
 
-def squared_euclidean_distances(x: torch.Tensor,
-                                y: torch.Tensor | None = None) -> torch.Tensor:
+def squared_euclidean_distances(
+    x: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
     "`||x_i - y_j||^2` for all pairs, `[N, M]`, clamped at 0 against rounding."
     # distances ignore a common shift; an integer one keeps ties exact
     shift = x.mean(0, keepdim=True).round()
@@ -63,8 +64,9 @@ def euclidean_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch
 _DISTANCES = {"cosine": cosine_distances, "sqeuclidean": squared_euclidean_distances,
               "euclidean": euclidean_distances}
 
-def pairwise_distances(x: torch.Tensor, y: torch.Tensor | None = None,
-                       metric: str = "cosine") -> torch.Tensor:
+def pairwise_distances(
+    x: torch.Tensor, y: torch.Tensor | None = None, metric: str = "cosine"
+) -> torch.Tensor:
     """Distance matrix `[N, M]` between rows of `x` and rows of `y` (default `x`),
     computed in >= float32."""
     check_metric(metric)

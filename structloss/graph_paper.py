@@ -66,8 +66,9 @@ _SHAPE = {"extra": ["structloss.graph_paper.embedding_shape_metrics"]}
 _SEEDS5, _SEEDS3 = (0, 1, 2, 3, 4), (0, 1, 2)
 _SEEDS10 = tuple(range(10))
 
-def graph_objective(k: int | None = None, alpha: float = 2.0,
-                    normalize: bool = True) -> dict:
+def graph_objective(
+    k: int | None = None, alpha: float = 2.0, normalize: bool = True
+) -> dict:
     """Objective spec: the graph smoothness loss alone (no cross-entropy), Definition 1 of
     the paper."""
     kwargs = {"k": k, "alpha": alpha, "normalize_embeddings": normalize}
@@ -109,8 +110,9 @@ _digits = Experiment(
               "colab": {"train": {"epochs": 40}, "seeds": _SEEDS10}},
     description="Cross-entropy, argmax of the last layer (digits 8x8, small CNN).")
 
-def _bottleneck(name: str, classifier: bool, objective: dict,
-                description: str) -> Experiment:
+def _bottleneck(
+    name: str, classifier: bool, objective: dict, description: str
+) -> Experiment:
     """Figure 1: the digits network ending in a 2-d linear layer and batch norm
     (`bottleneck_model`)."""
     model = {"factory": "structloss.graph_paper.bottleneck_model",
@@ -122,17 +124,29 @@ def _bottleneck(name: str, classifier: bool, objective: dict,
                       description=description)
 
 GRAPH_PAPER = [
-    _mnist.derive("gsp_ce_mnist1d", evaluation=_CORRUPT), _digits,
-    _gsl(_mnist, "gsp_gsl_mnist1d"), _gsl(_digits, "gsp_gsl_digits"),
+    _mnist.derive("gsp_ce_mnist1d", evaluation=_CORRUPT),
+    _digits,
+    _gsl(_mnist, "gsp_gsl_mnist1d"),
+    _gsl(_digits, "gsp_gsl_digits"),
     *[_gsl(_mnist, f"gsp_gsl_mnist1d_k{k}", k=k, seeds=_SEEDS3) for k in (1, 3, 10, 30)],
     *[_gsl(_mnist, f"gsp_gsl_mnist1d_d{d}", d=d, seeds=_SEEDS3) for d in (2, 4, 32)],
     _gsl(_mnist, "gsp_gsl_mnist1d_d200", d=200, evaluation=_CORRUPT),
-    *[_gsl(_mnist, f"gsp_gsl_mnist1d_a{a:g}", alpha=a,
-           seeds=_SEEDS3) for a in (0.5, 8.0, 32.0)],
-    _bottleneck("gsp_ce_bottleneck_digits", True, {},
-                "Figure 1: cross-entropy behind a 2-d batch-norm bottleneck."),
-    _bottleneck("gsp_gsl_bottleneck_digits", False, graph_objective(normalize=False),
-                "Figure 1: graph smoothness loss on 2-d batch-normalised outputs."),
+    *[
+        _gsl(_mnist, f"gsp_gsl_mnist1d_a{a:g}", alpha=a, seeds=_SEEDS3)
+        for a in (0.5, 8.0, 32.0)
+    ],
+    _bottleneck(
+        "gsp_ce_bottleneck_digits",
+        True,
+        {},
+        "Figure 1: cross-entropy behind a 2-d batch-norm bottleneck.",
+    ),
+    _bottleneck(
+        "gsp_gsl_bottleneck_digits",
+        False,
+        graph_objective(normalize=False),
+        "Figure 1: graph smoothness loss on 2-d batch-normalised outputs.",
+    ),
 ]
 
 # the paper's own settings (Section 4.1), on a GPU: PreActResNet-18, 200 epochs, batches
@@ -211,12 +225,15 @@ GRAPH_PAPER_SUITES = {
     "graph_paper_fig4_alpha": [f"{_M}_a0.5", _M, f"{_M}_a8", f"{_M}_a32"],
     "graph_paper_table2": ["gsp_ce_mnist1d", f"{_M}_d200"],
     "graph_paper_tune": [e.name for v in TUNE_GRID.values() for e in v],
-    "graph_paper_table2_tuned": [_tuned(_CE_M, SELECTED_LR["ce"]).name,
-                                 _tuned(_D200, SELECTED_LR["gsl"]).name],
+    "graph_paper_table2_tuned": [
+        _tuned(_CE_M, SELECTED_LR["ce"]).name,
+        _tuned(_D200, SELECTED_LR["gsl"]).name,
+    ],
     "graph_paper_diag": [_M, "gsp_gsl_mnist1d_balanced", "gsp_gsl_mnist1d_b400"],
     "graph_paper_table1_fine": ["gsp_ce_finegrained", "gsp_gsl_finegrained"],
-    "graph_paper_colab": [e.name for e in GRAPH_PAPER if e.profiles.get(
-        "cpu", {}) is None],
+    "graph_paper_colab": [
+        e.name for e in GRAPH_PAPER if e.profiles.get("cpu", {}) is None
+    ],
 }
 _DESCRIPTIONS = {"table1": "Table 1: CE argmax vs graph smoothness loss + 1-NN, 10-NN, "
                            "RBF SVC.",

@@ -40,8 +40,11 @@ def embedding_gradient(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor,
         raise ValueError("`model` was given but `embeddings` carries no graph back to "
                          "it; pass the model's output "
                          "(not a detached copy) to measure the parameter gradient norm.")
-    z = (embeddings if (params or embeddings.requires_grad)
-         else embeddings.detach().requires_grad_())
+    z = (
+        embeddings
+        if (params or embeddings.requires_grad)
+        else embeddings.detach().requires_grad_()
+    )
     inputs, targets = _loss_inputs(loss_fn, z, labels)
     loss = loss_fn(inputs, targets)
     if not loss.requires_grad:  # a loss that ignores its input: every gradient is zero
@@ -66,12 +69,12 @@ def loss_active_ratio(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor) -
 
 # %% ../nbs/17_greediness.ipynb #61977276
 def greediness_report(
-        loss_fn, # an `EmbeddingLoss`, or a module called as `loss_fn(embeddings, labels)`
-        embeddings: torch.Tensor, # [N, d] or [N, V, d]; the model's output with `model`
-        labels: torch.Tensor,  # [N]
-        model=None,            # theta in eq. 3: a module, an iterable of parameters, None
-        grad_tol: float = 0.0, # epsilon in eqs. 2-3
-        ) -> dict:
+    loss_fn,  # an `EmbeddingLoss` (or any module called as loss_fn(embeddings, labels))
+    embeddings: torch.Tensor,  # [N, d] or [N, V, d]; the model's output with `model`
+    labels: torch.Tensor,  # [N]
+    model=None,  # theta in eq. 3: a module or an iterable of parameters, or None
+    grad_tol: float = 0.0,  # epsilon in eqs. 2-3
+) -> dict:
     """Loss, active ratios (eqs. 1-2) and gradient norms (eq. 3) on one batch, as floats
     for a log."""
     if not grad_tol >= 0: raise ValueError(f"`grad_tol` must be >= 0; got {grad_tol}.")
@@ -92,21 +95,27 @@ def greediness_report(
               # eq. 3
               "grad_norm_active": float((row * active).sum() / n_active.clamp_min(1))}
     if model is not None:
-        report["grad_norm_params"] = float(torch.sqrt(sum(
-            (t.double() ** 2).sum() for t in g_theta))) if g_theta else 0.0
+        report["grad_norm_params"] = (
+            float(torch.sqrt(sum((t.double() ** 2).sum() for t in g_theta)))
+            if g_theta
+            else 0.0
+        )
     return report
 
 # %% ../nbs/17_greediness.ipynb #3e44634c
 def loss_decay(
-    history, # per-epoch losses l_0, l_1, ... (a sequence of numbers or a 1-d tensor)
-               fraction: float = 0.1, # q in eq. 4
-              ) -> int | None:
+        history, # per-epoch losses l_0, l_1, ... (a sequence of numbers or a 1-d tensor)
+        fraction: float = 0.1, # q in eq. 4
+        ) -> int | None:
     """Epochs after the first until the loss is <= `fraction` of its first value (eq. 4);
     None if never."""
     h = torch.as_tensor(history).detach().flatten().cpu()
     # compare in the history's precision
-    h = h.to(torch.promote_types(h.dtype, torch.float32) if h.is_floating_point()
-             else torch.float64)
+    h = h.to(
+        torch.promote_types(h.dtype, torch.float32)
+        if h.is_floating_point()
+        else torch.float64
+    )
     if not 0 < fraction < 1:
         raise ValueError(f"`fraction` must lie in (0, 1); got {fraction}.")
     if len(h) == 0:
@@ -129,8 +138,10 @@ def mean_reports(reports: list) -> dict:
     out = {}
     for key in reports[0]:
         vals = [
-            r[key] for r in reports if key in r and r[key] is not None and not math.isnan(
-                r[key])]
+            r[key]
+            for r in reports
+            if key in r and r[key] is not None and not math.isnan(r[key])
+        ]
         out[key] = sum(vals) / len(vals) if vals else float("nan")
     return out
 
@@ -177,9 +188,12 @@ def find_losses(modules=LOSS_MODULES, verbose: bool = True) -> dict:
         for name in getattr(mod, "__all__",
                             [n for n in vars(mod) if not n.startswith("_")]):
             obj = getattr(mod, name, None)
-            if not (inspect.isclass(obj) and issubclass(obj, EmbeddingLoss)
-                    and obj is not EmbeddingLoss and obj.__module__ == mod.__name__):
-                continue
+            if not (
+                inspect.isclass(obj)
+                and issubclass(obj, EmbeddingLoss)
+                and obj is not EmbeddingLoss
+                and obj.__module__ == mod.__name__
+            ): continue
             # an alias such as NTXentLoss = InfoNCELoss: keep the class's own name
             if obj.__name__ != name:
                 if verbose: print(f"structloss.{m}.{name} is an alias of {obj.__name__}.")

@@ -101,8 +101,10 @@ def latent_boost_experiment(reading: str, lam: float, pca: bool = True) -> Exper
     exp = LB_BASE.derive(name, objective={"factory": "latent_boost", "kwargs": kw},
                          description=f"Latent Boost paper, Table 3: LB ({reading} reading"
                                      f"{'' if pca else ', no PCA'}) at lambda = {lam}.")
-    prof = {p: {"objective": {"kwargs": {
-        "warmup_epochs": WARMUP[p]}}} for p in ("smoke", "cpu")}
+    prof = {
+        p: {"objective": {"kwargs": {"warmup_epochs": WARMUP[p]}}}
+        for p in ("smoke", "cpu")
+    }
     if lam not in LAMBDA_GRID["cpu"]: prof = {"smoke": None, "cpu": None}
     return exp.derive(name, profiles=prof)
 
@@ -110,15 +112,17 @@ def _register_all():
     grid = LAMBDA_GRID["colab"]
     suites = {"baseline": [register_experiment(LB_BASE)]}
     for loss in DISTANCE_LOSSES:
-        suites[loss] = [register_experiment(distance_experiment(
-            loss, lam)) for lam in grid]
+        suites[loss] = [
+            register_experiment(distance_experiment(loss, lam)) for lam in grid
+        ]
     for reading in READINGS:
-        suites[f"lb_{reading}"] = [register_experiment(latent_boost_experiment(
-            reading, lam))
-                                   for lam in grid]
+        suites[f"lb_{reading}"] = [
+            register_experiment(latent_boost_experiment(reading, lam)) for lam in grid
+        ]
     suites["lb_literal_nopca"] = [
-        register_experiment(latent_boost_experiment("literal", lam,
-                                                    pca=False)) for lam in grid]
+        register_experiment(latent_boost_experiment("literal", lam, pca=False))
+        for lam in grid
+    ]
     cpu = lambda exps: [e for e in exps if e.profiles.get("cpu", {}) is not None]
     t2 = suites["baseline"] + sum((suites[k] for k in DISTANCE_LOSSES), [])
     t3 = sum((suites[f"lb_{r}"] for r in READINGS), []) + suites["lb_literal_nopca"]

@@ -11,9 +11,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from .core import check_embeddings_labels, compute_dtype
-from .geometry import (check_metric, class_counts, class_index, class_means,
-                                 class_sums, euclidean_distances, pairwise_distances,
-                                 safe_normalize)
+from structloss.geometry import (
+    check_metric,
+    class_counts,
+    class_index,
+    class_means,
+    class_sums,
+    euclidean_distances,
+    pairwise_distances,
+    safe_normalize,
+)
 
 # %% auto #0
 __all__ = ['as_tensors', 'class_distance_sums', 'silhouette_parts', 'silhouette_samples', 'silhouette_score',
@@ -47,9 +54,11 @@ def class_distance_sums(z: torch.Tensor, ids: torch.Tensor, num_classes: int,
     elif metric == "sqeuclidean":
         # shift-invariant; avoids cancellation
         z = z - z.mean(0, keepdim=True)
-        sq = (z * z).sum(1)                                        # (N,)
-        S, Q = class_sums(z, ids, num_classes), class_sums(sq[:, None], ids,
-                                                           num_classes)[:, 0]
+        sq = (z * z).sum(1)  # (N,)
+        S, Q = (
+            class_sums(z, ids, num_classes),
+            class_sums(sq[:, None], ids, num_classes)[:, 0],
+        )
         n = class_counts(ids, num_classes, dtype=z.dtype)
         # eq. 4, (N, C); d(i, i) = 0 adds nothing
         T = n[None, :] * sq[:, None] - 2 * z @ S.T + Q[None, :]
@@ -86,8 +95,9 @@ def _check_silhouette_classes(num_classes: int, n: int) -> None:
                          f"N = {n} samples. A batch needs at least two classes and one "
                          "class with two samples.")
 
-def silhouette_samples(embeddings: torch.Tensor, labels: torch.Tensor,
-                       metric: str = "cosine") -> torch.Tensor:
+def silhouette_samples(
+    embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine"
+) -> torch.Tensor:
     """Silhouette `s(i)` of each sample (eqs. 1-2), equal to scikit-learn's; O(N·C·d) for
     cosine and sqeuclidean."""
     embeddings, labels = as_tensors(embeddings, labels)
@@ -103,8 +113,9 @@ def silhouette_samples(embeddings: torch.Tensor, labels: torch.Tensor,
                     (b - a) / denom.clamp_min(torch.finfo(z.dtype).tiny), 0.0)
     return s.to(embeddings.dtype)
 
-def silhouette_score(embeddings: torch.Tensor, labels: torch.Tensor,
-                     metric: str = "cosine") -> torch.Tensor:
+def silhouette_score(
+    embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine"
+) -> torch.Tensor:
     "Mean silhouette over all samples (eq. 2), a 0-dim tensor."
     return silhouette_samples(embeddings, labels, metric).mean()
 
@@ -177,11 +188,16 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, k=(1, 2, 4, 8),
     k_max = min(max(ks), len(labels) - 1)
     rel = _ranked_relevance(embeddings, labels, k_max, metric, block_size)
     hits = rel.cumsum(1) > 0
-    return {kk: float(hits[valid,
-                           min(kk, rel.shape[1]) - 1].double().mean()) for kk in ks}
+    return {
+        kk: float(hits[valid, min(kk, rel.shape[1]) - 1].double().mean()) for kk in ks
+    }
 
-def map_at_r(embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine",
-             block_size: int = 1024) -> float:
+def map_at_r(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    metric: str = "cosine",
+    block_size: int = 1024,
+) -> float:
     "MAP@R (eq. 8), as a float; queries alone in their class are left out."
     embeddings, labels = as_tensors(embeddings, labels)
     check_embeddings_labels(embeddings, labels, min_samples=2)

@@ -35,8 +35,11 @@ class EmbeddingModel(nn.Module):
         if classifier_on not in ("embedding", "features"):
             raise ValueError("`classifier_on` must be 'embedding' or 'features'; got "
                              f"{classifier_on!r}.")
-        self.encoder, self.normalize = encoder, normalize
-        self.classifier_on = classifier_on
+        self.encoder, self.normalize, self.classifier_on = (
+            encoder,
+            normalize,
+            classifier_on,
+        )
         if projection is None: self.projection, embedding_dim = nn.Identity(), feature_dim
         elif projection == "linear":
             self.projection = nn.Linear(feature_dim, embedding_dim)
@@ -67,13 +70,14 @@ class DigitsCNN(nn.Module):
     "A small 2-D CNN for 8×8 images `[C, 8, 8]`: 128 features."
     def __init__(self, in_channels: int = 1, width: int = 32):
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(in_channels, width, kernel_size=3,
-                                               padding=1),
-                                      _conv_bn(width, 2 * width, kernel_size=3,
-                                               padding=1), nn.MaxPool2d(2),
-                                      _conv_bn(2 * width, 4 * width, kernel_size=3,
-                                               padding=1),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, width, kernel_size=3, padding=1),
+            _conv_bn(width, 2 * width, kernel_size=3, padding=1),
+            nn.MaxPool2d(2),
+            _conv_bn(2 * width, 4 * width, kernel_size=3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.out_dim = 4 * width
     def forward(self, x): return self.features(x)
 
@@ -82,12 +86,12 @@ class MNIST1DCNN(nn.Module):
     def __init__(self, in_channels: int = 1, length: int = 40, width: int = 32,
                  out_dim: int = 128):
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(in_channels, width, 1, kernel_size=5,
-                                               padding=2),
-                                      _conv_bn(width, width, 1, kernel_size=3, stride=2,
-                                               padding=1),
-                                      _conv_bn(width, 2 * width, 1, kernel_size=3,
-                                               stride=2, padding=1), nn.Flatten())
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, width, 1, kernel_size=5, padding=2),
+            _conv_bn(width, width, 1, kernel_size=3, stride=2, padding=1),
+            _conv_bn(width, 2 * width, 1, kernel_size=3, stride=2, padding=1),
+            nn.Flatten(),
+        )
         n = 2 * width * ((((length + 1) // 2) + 1) // 2)
         self.head = nn.Sequential(nn.Linear(n, out_dim), nn.ReLU(inplace=True))
         self.out_dim = out_dim
@@ -108,12 +112,19 @@ class PreActBlock(nn.Module):
     "Pre-activation basic block: BN–ReLU–conv, BN–ReLU–conv, plus the (projected) input."
     def __init__(self, cin, cout, stride=1):
         super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(
-            cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(
-            cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride,
-                                  bias=False) if stride != 1 or cin != cout else None
+        self.bn1, self.conv1 = (
+            nn.BatchNorm2d(cin),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        )
+        self.bn2, self.conv2 = (
+            nn.BatchNorm2d(cout),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        )
+        self.shortcut = (
+            nn.Conv2d(cin, cout, 1, stride, bias=False)
+            if stride != 1 or cin != cout
+            else None
+        )
     def forward(self, x):
         out = F.relu(self.bn1(x))
         skip = x if self.shortcut is None else self.shortcut(out)
@@ -134,13 +145,16 @@ class PreActResNet18(nn.Module):
         self.blocks, self.bn = nn.Sequential(*blocks), nn.BatchNorm2d(cin)
         self.out_dim = cin
     def forward(self, x):
-        return F.adaptive_avg_pool2d(F.relu(self.bn(self.blocks(self.stem(x)))),
-                                     1).flatten(1)
+        return F.adaptive_avg_pool2d(
+            F.relu(self.bn(self.blocks(self.stem(x)))), 1
+        ).flatten(1)
 
 # %% ../nbs/22_models.ipynb #ff722022
-def torchvision_encoder(name: str, # 'resnet18', 'resnet50', 'vgg16' or 'efficientnet_b0'
-                        in_channels: int = 3,
-                        small_input: bool = False) -> tuple[nn.Module, int]:
+def torchvision_encoder(
+    name: str,  # 'resnet18', 'resnet50', 'vgg16' or 'efficientnet_b0'
+    in_channels: int = 3,
+    small_input: bool = False,
+) -> tuple[nn.Module, int]:
     """A torchvision backbone without weights and without its classifier: `(module,
     feature_dim)`."""
     import torchvision.models as tvm

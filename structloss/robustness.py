@@ -33,9 +33,10 @@ SEVERITY_PARAMS = {
 
 def _check_batch(x, severity: int, name: str):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"`x` must be a floating torch.Tensor [N, C, *spatial]; "
-                        f"got {got}.")
+        raise TypeError(
+            f"`x` must be a floating torch.Tensor [N, C, *spatial]; got "
+            f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}."
+        )
     if x.ndim not in (3, 4):
         raise ValueError("`x` must have shape [N, C, L] (signals) or [N, C, H, W] "
                          "(images); got "
@@ -185,11 +186,14 @@ def corruption_errors(metrics: dict, classifier: str = "argmax") -> dict:
         if rest == "clean": continue
         name, _, s = rest.rpartition("_s")
         out.setdefault(name, {})[int(s)] = metrics[k]
-    return {n: ([v[s] for s in sorted(v)] if isinstance(v, dict) else v) for n,
-            v in out.items()}
+    return {
+        n: ([v[s] for s in sorted(v)] if isinstance(v, dict) else v)
+        for n, v in out.items()
+    }
 
-def mean_corruption_error(errors: dict, baseline: dict,
-                          min_degradation: float = 0.01) -> dict:
+def mean_corruption_error(
+    errors: dict, baseline: dict, min_degradation: float = 0.01
+) -> dict:
     """Clean error, mCE and relative mCE (eqs. 1-2, x100: the baseline scores 100) of
     `errors`. Warns when the baseline's total degradation on a corruption (the denominator
     of eq. 2, summed over severities) is at most `min_degradation`: its relative CE is
@@ -212,8 +216,9 @@ def mean_corruption_error(errors: dict, baseline: dict,
                           "about zero or a negative number; read relative mCE with care "
                           "or drop "
                           f"{n!r}.", RuntimeWarning, stacklevel=2)
-        rel[n] = (100 * (e - errors["clean"]).sum() / den) if abs(
-            den) > 1e-12 else math.nan
+        rel[n] = (
+            (100 * (e - errors["clean"]).sum() / den) if abs(den) > 1e-12 else math.nan
+        )
     return {"clean_error": 100 * errors["clean"],
             "mCE": float(np.mean(list(ce.values()))),
             "relative_mCE": float(np.mean(list(rel.values()))), "CE": ce,

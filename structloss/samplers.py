@@ -30,10 +30,12 @@ class ClassBalancedSampler(Sampler):
                              f"{len(self.classes)} classes; "
                              f"lower `p` to at most {len(self.classes)}.")
         self.m, self.p, self.seed, self.epoch = m, p, seed, 0
-        self.class_indices = [np.flatnonzero(inverse == c) for c in range(len(
-            self.classes))]
-        self.chunks_per_class = np.array([math.ceil(len(
-            ix) / m) for ix in self.class_indices])
+        self.class_indices = [
+            np.flatnonzero(inverse == c) for c in range(len(self.classes))
+        ]
+        self.chunks_per_class = np.array(
+            [math.ceil(len(ix) / m) for ix in self.class_indices]
+        )
 
     @property
     def batch_size(self) -> int: return self.p * self.m

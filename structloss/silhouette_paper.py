@@ -30,8 +30,10 @@ __all__ = ['SETTINGS', 'PAPER_SETTINGS', 'METHODS', 'TABLE1', 'TABLE1_SUITE', 'T
 def _keep_per_class(labels, per_class: int, seed: int) -> np.ndarray:
     "Indices of at most `per_class` samples of each class, drawn with `seed`."
     rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(
-        labels)]
+    keep = [
+        rng.permutation(np.flatnonzero(labels == c))[:per_class]
+        for c in np.unique(labels)
+    ]
     return np.sort(np.concatenate(keep))
 
 def digits_few_splits(
@@ -60,8 +62,7 @@ def finegrained_splits(
         seed: int = 0,
         num_classes: int = 60, # C: fine classes
         groups: int = 12, # coarse groups; classes in a group share a prototype
-        per_class: tuple = (20, 5,
-        20), # train, validation, test samples per class
+        per_class: tuple = (20, 5, 20), # train, validation, test samples per class
         dim: int = 32, # input length
         class_spread: float = 0.6, # distance of a class centre from its prototype
         noise: float = 0.9, # within-class noise (std)
@@ -125,8 +126,9 @@ def linear_probe(
                           data.train_eval if data.train_eval is not None else data.train)
     _, te_z, te_y = embed(model, data.test)
     g = torch.Generator().manual_seed(seed)
-    W = (0.01 * torch.randn(tr_z.shape[1], data.num_classes,
-                            generator=g)).requires_grad_()
+    W = (
+        0.01 * torch.randn(tr_z.shape[1], data.num_classes, generator=g)
+    ).requires_grad_()
     bias = torch.zeros(data.num_classes, requires_grad=True)
     opt = torch.optim.Adam([W, bias], lr=0.05, weight_decay=weight_decay)
     # a convex problem: full batch, fixed steps
@@ -215,8 +217,9 @@ def _paper_base(dataset: str) -> Experiment:
                      "AutoAugment, "
                      f"batch 256."))
 
-def method_experiment(base: Experiment, method: str, name: str,
-                      **overrides) -> Experiment:
+def method_experiment(
+    base: Experiment, method: str, name: str, **overrides
+) -> Experiment:
     "`base` trained with `method` of `METHODS` (two views where the method needs them)."
     objective, two_views = METHODS[method]
     train = {"views": 2} if two_views else {}

@@ -86,8 +86,7 @@ def finegrained_splits(
         train_classes: int = 100,    # seen classes: train and validation
         test_classes: int = 100,     # unseen classes: the retrieval test split
         pretrain_classes: int = 160,  # classes the frozen encoder is pre-trained on
-        train_per_class: int = 30, val_per_class: int = 6,
-        test_per_class: int = 20,
+        train_per_class: int = 30, val_per_class: int = 6, test_per_class: int = 20,
         pretrain_per_class: int = 40,
         pretrain_labels: str = "superclass",  # or "class": what the encoder learns
         **world_kwargs) -> DataSplits:
@@ -137,8 +136,12 @@ def class_split_splits(
     """A classification dataset re-split by class, as retrieval benchmarks do: test
     classes unseen."""
     from torch.utils.data import ConcatDataset
-    from structloss.data import (LabeledSubset, dataset_labels, load_dataset,
-                                 stratified_split)
+    from structloss.data import (
+        LabeledSubset,
+        dataset_labels,
+        load_dataset,
+        stratified_split,
+    )
     if not 0 < seen_fraction < 1:
         raise ValueError(f"`seen_fraction` must lie in (0, 1); got {seen_fraction}.")
     base = load_dataset(name, seed=seed, **kwargs)
@@ -286,8 +289,9 @@ def diagnosed(
     return DiagnosedObjective(resolve_loss(loss)(**(loss_kwargs or {})), grad_tol)
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #21a21c42
-def nearest_class_distance(embeddings: torch.Tensor,
-                           labels: torch.Tensor) -> torch.Tensor:
+def nearest_class_distance(
+    embeddings: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Per class, the distance from its mean to the nearest other class mean, `(C,)` (eq.
     2)."""
     z = embeddings.to(compute_dtype(embeddings))
@@ -312,17 +316,19 @@ def variance_metrics(model: torch.nn.Module, data: DataSplits, seed: int = 0) ->
     nearest = nearest_class_distance(z, y)
     # mean squared distance to the mean
     total = float(((z - z.mean(0)) ** 2).sum(1).mean())
-    return {"intra_var": intra,
-            "inter_mean": report["inter_class_distance_mean"],
-            "inter_std": report["inter_class_distance_std"],
-            "inter_min": report["inter_class_distance_min"],
-            "inter_cv": (report["inter_class_distance_std"]
-                         / report["inter_class_distance_mean"]),
-            "nearest_mean": float(nearest.mean()),                   # the margin, eq. 2
-            "total_var": total,
-            "intra_ratio": intra / total,                           # scale-free spread
-            "margin_ratio": float(nearest.mean()) / math.sqrt(intra),  # scale-free margin
-            "map@r": map_at_r(z, y)}
+    return {
+        "intra_var": intra,
+        "inter_mean": report["inter_class_distance_mean"],
+        "inter_std": report["inter_class_distance_std"],
+        "inter_min": report["inter_class_distance_min"],
+        "inter_cv": report["inter_class_distance_std"]
+        / report["inter_class_distance_mean"],
+        "nearest_mean": float(nearest.mean()),  # the margin, eq. 2
+        "total_var": total,
+        "intra_ratio": intra / total,  # scale-free spread
+        "margin_ratio": float(nearest.mean()) / math.sqrt(intra),  # scale-free margin
+        "map@r": map_at_r(z, y),
+    }
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #a6ccc9d8
 def settling_epoch(values, fraction: float = 0.1) -> int:
@@ -354,8 +360,12 @@ def history_scalars(history: list) -> dict:
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #50b9cb54
 from .data import register_dataset
-from .experiments import (Experiment, get_experiment, register_experiment,
-                                    register_suite)
+from structloss.experiments import (
+    Experiment,
+    get_experiment,
+    register_experiment,
+    register_suite,
+)
 
 register_dataset("vg_finegrained", finegrained_splits, overwrite=True)
 register_dataset("vg_class_split", class_split_splits, overwrite=True)
@@ -403,16 +413,33 @@ VG_BASE = Experiment(
     description="Variance & Greediness (Zeng et al. 2026): one loss on a frozen encoder, "
                 "128-d head")
 
-VG_EXPERIMENTS = [register_experiment(VG_BASE.derive(
-        f"vg_{key}",
-        objective={"factory": f"{_HERE}.diagnosed",
-                   "kwargs": {"loss": cls, "loss_kwargs": kw}},
-        profiles={"colab": {"objective": {"kwargs": {"loss_kwargs": {
-            "num_classes": _COLAB_SEEN}}}}}
-                 if "num_classes" in kw else {},
-        description=f"Variance & Greediness: {name} on a frozen encoder, unseen-class "
-                    "retrieval"),
-    overwrite=True) for key, (cls, name, kw) in VG_LOSSES.items()]
+VG_EXPERIMENTS = [
+    register_experiment(
+        VG_BASE.derive(
+            f"vg_{key}",
+            objective={
+                "factory": f"{_HERE}.diagnosed",
+                "kwargs": {"loss": cls, "loss_kwargs": kw},
+            },
+            profiles=(
+                {
+                    "colab": {
+                        "objective": {
+                            "kwargs": {"loss_kwargs": {"num_classes": _COLAB_SEEN}}
+                        }
+                    }
+                }
+                if "num_classes" in kw
+                else {}
+            ),
+            description=f"Variance & Greediness: {name} on a frozen encoder, "
+                        "unseen-class "
+            "retrieval",
+        ),
+        overwrite=True,
+    )
+    for key, (cls, name, kw) in VG_LOSSES.items()
+]
 register_suite("variance_greediness", VG_EXPERIMENTS,
                "Variance & Greediness (Zeng et al. 2026): seven losses, VARIANCE and "
                "GREEDINESS")

@@ -74,7 +74,6 @@ def method_of(exp: Experiment) -> str:
     if mix is not None: return f"{mix:g}·({' + '.join(terms)}) + {1 - mix:g}·CE" + suffix
     return " + ".join((["CE"] if spec.get("ce_weight", 1.0) else []) + terms) + suffix
 
-
 # %% ../nbs/90_which_loss.ipynb #d31ee3f7
 CRITERIA = {  # criterion: (metric in the results, higher is better, what it measures)
     "accuracy": ("top1", True, "test accuracy of the classifier"),
@@ -137,4 +136,3 @@ def decision_table(rows: list[dict]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return (f'<table class="structloss-table"><thead><tr>{th}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
-
