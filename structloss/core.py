@@ -1,5 +1,6 @@
-"""The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results
-are stamped with their provenance, and how every loss and metric rejects bad input.
+"""The few rules every chapter of structloss relies on: which {term}`profile` a notebook runs in, how
+results are stamped with their provenance, how every loss and metric rejects bad input, and the base
+class every loss shares.
 
 Docs: https://structloss.github.io/structloss/core.html.md"""
 
