@@ -1,4 +1,4 @@
-"""The few rules every chapter of structloss relies on: which {term}`profile` a notebook runs in, how
+"""The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how
 results are stamped with their provenance, how every loss and metric rejects bad input, and the base
 class every loss shares.
 

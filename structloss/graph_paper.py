@@ -1,4 +1,4 @@
-"""Bontonou et al. {cite}`bontonou2019graph` train classifiers with the graph smoothness loss instead of cross-entropy and
+"""Bontonou et al. (2019) train classifiers with the graph smoothness loss instead of cross-entropy and
 report the same accuracy and more robustness to corrupted inputs. Their tables and figures, condensed
 to data that trains in minutes on a CPU, with a verdict per claim.
 

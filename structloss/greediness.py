@@ -1,5 +1,5 @@
 """Active ratio, gradient norms and loss decay: the GREEDINESS diagnostics of *Variance & Greediness*
-{cite}`zeng2026variance`, as functions a training loop can call every few steps, and a comparison of every loss
+(Zeng et al. 2026), as functions a training loop can call every few steps, and a comparison of every loss
 in this book on one batch and in one short training run.
 
 Docs: https://structloss.github.io/structloss/greediness.html.md"""

@@ -1,5 +1,5 @@
 """A small corruption suite for 8×8 images and 1-D signals (noise, impulse noise, blur, contrast, shift; five
-severities each) and the corruption errors of Hendrycks & Dietterich: mCE and relative mCE.
+severities each) and the corruption errors of Hendrycks & Dietterich (2019): mCE and relative mCE.
 
 Docs: https://structloss.github.io/structloss/robustness.html.md"""
 

@@ -1,4 +1,4 @@
-"""Todescato & Carbonera {cite}`todescato2026silhouette` add a differentiable silhouette to cross-entropy and to two-view supervised
+"""Todescato & Carbonera (2026) add a differentiable silhouette to cross-entropy and to two-view supervised
 contrastive learning, and report the best average accuracy over seven image datasets for the combination.
 This chapter lists the paper's claims, runs its Table 1 in three offline settings with every method under
 one protocol, and decides each claim by a rule stated before the runs.
