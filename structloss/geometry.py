@@ -85,16 +85,13 @@ def pairwise_distances(
 # %% ../nbs/01_geometry.ipynb #beedc8db
 def label_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
                 self_in_ref: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean masks of positive pairs (same label, not the anchor itself) and negative
-    pairs (eq. 2)."""
+    "Boolean masks of positive pairs (same label, not the anchor itself) and negative pairs (eq. 2)."
     check_labels(labels)
-    # [N, N]: the batch is its own reference
-    if ref_labels is None: ref_labels, self_in_ref = labels, True
+    if ref_labels is None: ref_labels, self_in_ref = labels, True   # [N, N]: the batch is its own reference
     same = labels[:, None] == ref_labels[None, :]                     # [N, M]
     if not self_in_ref: return same, ~same
     n = len(labels)
-    # j == i, j < N
-    itself = torch.eye(n, ref_labels.shape[0], dtype=torch.bool, device=labels.device)
+    itself = torch.eye(n, ref_labels.shape[0], dtype=torch.bool, device=labels.device)  # j == i, j < N
     return same & ~itself, ~same
 
 # %% ../nbs/01_geometry.ipynb #62501767

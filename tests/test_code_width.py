@@ -14,7 +14,7 @@ from notebooks import COLAB_CELL  # noqa: E402
 # Chapters whose code is being rewrapped on another branch: expected to fail until that branch is
 # merged. The lead empties this list at the end (an entry whose chapter passes fails: remove it).
 PENDING = {
-    "01_geometry": "its `class_index` cell is being edited on branch classvec; wrap it after",
+    "01_geometry": "cells `label_masks` (lead) and `class_index` (classvec): wrap after merging",
     "10_silhouette": "being rewritten on branch classvec",
     "11_pairs": "being rewritten on branch pairs",
     "12_contrastive": "being rewritten on branch contrastive",
