@@ -682,7 +682,8 @@ def _parser():
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest on a busy machine)")
     sub.add_parser("list", help="list the registered experiments and suites")
-    try: from .bench import add_cli          # `structloss bench` (chapter 40), when the module exists
+    # `structloss bench` (chapter 40), when the module exists
+    try: from .bench import add_cli
     except ImportError: add_cli = None
     if add_cli is not None: add_cli(sub)
     return p
