@@ -8,7 +8,7 @@ Docs: https://structloss.github.io/structloss/geometry.html.md"""
 # %% ../nbs/01_geometry.ipynb #cde8d7c0
 from __future__ import annotations
 import torch
-from .core import check_embeddings, check_labels, compute_dtype
+from .core import check_class_ids, check_embeddings, check_labels, compute_dtype
 
 # %% auto #0
 __all__ = ['METRICS', 'check_metric', 'safe_sqrt', 'safe_normalize', 'cosine_distances', 'squared_euclidean_distances',
@@ -33,9 +33,8 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/01_geometry.ipynb #65a90b9f
 def safe_normalize(x: torch.Tensor) -> torch.Tensor:
     "Rows of `x` scaled to unit norm; a zero row stays zero, with a zero gradient."
-    norm = safe_sqrt((x * x).sum(1, keepdim=True))
-    return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny),
-                       torch.zeros_like(x))
+    norm = safe_sqrt((x * x).sum(1, keepdim=True))                     # (N, 1)
+    return x / torch.where(norm > 0, norm, torch.inf)           # x / inf = 0: a zero row
 
 # %% ../nbs/01_geometry.ipynb #b0da3211
 def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,36 +84,43 @@ def pairwise_distances(
 # %% ../nbs/01_geometry.ipynb #beedc8db
 def label_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
                 self_in_ref: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    "Boolean masks of positive pairs (same label, not the anchor itself) and negative pairs (eq. 2)."
+    """Boolean masks of positive pairs (same label, not the anchor itself) and negative
+    pairs (eq. 2)."""
     check_labels(labels)
-    if ref_labels is None: ref_labels, self_in_ref = labels, True   # [N, N]: the batch is its own reference
+    # [N, N]: the batch is its own reference
+    if ref_labels is None: ref_labels, self_in_ref = labels, True
     same = labels[:, None] == ref_labels[None, :]                     # [N, M]
     if not self_in_ref: return same, ~same
     n = len(labels)
-    itself = torch.eye(n, ref_labels.shape[0], dtype=torch.bool, device=labels.device)  # j == i, j < N
+    # j == i, j < N
+    itself = torch.eye(n, ref_labels.shape[0], dtype=torch.bool, device=labels.device)
     return same & ~itself, ~same
 
 # %% ../nbs/01_geometry.ipynb #62501767
-def class_index(labels: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, int]:
-    "Compact class ids in `[0, C)` for `labels`, and `C`; with `num_classes`, labels are used as ids directly."
+def class_index(labels: torch.Tensor,
+                num_classes: int | None = None) -> tuple[torch.Tensor, int]:
+    """Compact class ids in `[0, C)` for `labels`, and `C`; with `num_classes`, labels are
+    used as ids directly."""
     check_labels(labels)
     if num_classes is None:
         classes, ids = torch.unique(labels, return_inverse=True)
         return ids, len(classes)
-    if labels.device.type == "cpu" and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"`labels` must lie in [0, num_classes={num_classes}) when `num_classes` is given; "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]. Pass num_classes=None to remap them.")
+    check_class_ids(labels, num_classes, "class_index")   # reads values on CPU only
     return labels.long(), num_classes
 
-def class_counts(ids: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
+def class_counts(ids: torch.Tensor, num_classes: int,
+                 dtype=torch.float32) -> torch.Tensor:
     "`n_c`: how many samples of each class, `[C]` (eq. 3)."
-    return torch.zeros(num_classes, dtype=dtype, device=ids.device).index_add_(0, ids, torch.ones_like(ids, dtype=dtype))
+    counts = torch.zeros(num_classes, dtype=dtype, device=ids.device)
+    return counts.index_add_(0, ids, torch.ones_like(ids, dtype=dtype))
 
 def class_sums(x: torch.Tensor, ids: torch.Tensor, num_classes: int) -> torch.Tensor:
     "`S_c`: the sum of the rows of `x` in each class, `[C, d]` (eq. 3)."
-    return torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add(0, ids, x)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device)
+    return sums.index_add(0, ids, x)
 
 def class_means(x: torch.Tensor, ids: torch.Tensor, num_classes: int) -> torch.Tensor:
-    "`mu_c = S_c / n_c`, `[C, d]`; a class absent from the batch gets the zero vector (eq. 3)."
+    """`mu_c = S_c / n_c`, `[C, d]`; a class absent from the batch gets the zero vector
+    (eq. 3)."""
     counts = class_counts(ids, num_classes, dtype=x.dtype)
     return class_sums(x, ids, num_classes) / counts.clamp_min(1)[:, None]
