@@ -474,6 +474,9 @@ def _parser():
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     sub.add_parser("list", help="list the registered experiments and suites")
+    try: from .bench import add_cli          # `structloss bench` (chapter 40), when the module exists
+    except ImportError: add_cli = None
+    if add_cli is not None: add_cli(sub)
     return p
 
 def _list() -> None:
@@ -491,6 +494,9 @@ def main(argv=None) -> int:
     "The `structloss` command: `structloss run <experiment|suite> [--profile smoke|cpu|colab] ...`, `structloss list`."
     args = _parser().parse_args(argv)
     if args.command == "list": _list(); return 0
+    if args.command == "bench":
+        from .bench import main_bench
+        return main_bench(args)
     if args.threads: torch.set_num_threads(args.threads)
     out = args.out or default_runs_dir()
     try:
