@@ -12,17 +12,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Sampler
-from .core import EmbeddingLoss, check_labels
-from .geometry import check_metric, class_counts, class_sums, safe_normalize
+from .core import EmbeddingLoss, check_class_ids, check_labels, masked_logsumexp
+from .geometry import (check_metric, class_counts, class_sums, safe_normalize,
+                                 squared_euclidean_distances)
+from .magnet import MagnetLoss
 from .samplers import ClassBalancedSampler
 from .silhouette import SoftSilhouetteLoss, smooth_max
 
 # %% auto #0
-__all__ = ['rank_and_world_size', 'track_communication', 'gather_sizes', 'all_gather_with_grad', 'gather_batch',
+__all__ = ['COMM_METHODS', 'rank_and_world_size', 'track_communication', 'gather_sizes', 'all_gather_with_grad', 'gather_batch',
            'GlobalBatchLoss', 'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts',
-           'global_silhouette_score', 'ClassSumSoftSilhouetteLoss', 'run_on_ranks', 'global_batch_worker',
-           'global_batch_checks', 'single_process_reference', 'communication_bytes', 'measure_communication',
-           'ShardedClassBalancedSampler']
+           'global_silhouette_score', 'ClassSumSoftSilhouetteLoss', 'ClassSumMagnetLoss', 'run_on_ranks',
+           'global_batch_worker', 'global_batch_checks', 'single_process_reference', 'communication_bytes',
+           'measure_communication', 'ShardedClassBalancedSampler']
 
 # %% ../nbs/41_distributed.ipynb #187a2732
 def rank_and_world_size(group=None) -> tuple[int, int]:
@@ -175,13 +177,10 @@ def global_silhouette_parts(z: torch.Tensor, ids: torch.Tensor, num_classes: int
     other = ~own & (n > 0)[None, :]
     return a, d_ic, other, n_own
 
-def _check_ids(labels: torch.Tensor, num_classes) -> torch.Tensor:
+def _check_ids(labels: torch.Tensor, num_classes, owner: str = "a class-sum loss"):
     if num_classes is None:
         raise ValueError("ranks must agree on class ids: pass `num_classes` (ids in [0, C)).")
-    on_cpu = labels.device.type == "cpu" and len(labels)
-    if on_cpu and not 0 <= labels.min() <= labels.max() < num_classes:
-        raise ValueError(f"`labels` must lie in [0, num_classes={num_classes}); got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}].")
+    check_class_ids(labels, num_classes, owner)
     return labels.long()
 
 # %% ../nbs/41_distributed.ipynb #964d8044
@@ -244,6 +243,46 @@ class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
         if L.loss_form == "one_minus_mean":
             return torch.where(count > 0, 1 - mean_s - surrogate, (mean_s - surrogate) * 0)
         return -mean_s - surrogate
+
+# %% ../nbs/41_distributed.ipynb #c251c0b2
+class ClassSumMagnetLoss(EmbeddingLoss):
+    "`MagnetLoss` (one cluster per class) of the global batch from all-reduced class sums."
+    min_samples = 1   # a rank may hold one sample; the global batch needs two
+
+    def __init__(self, loss: MagnetLoss, # its settings (alpha, eps, hinge)
+                 num_classes: int | None = None, group=None):
+        super().__init__()
+        if not isinstance(loss, MagnetLoss):
+            raise TypeError(f"`loss` must be a MagnetLoss; got {type(loss).__name__}.")
+        if num_classes is None:
+            raise ValueError("ranks must agree on class ids: give `num_classes` (ids in [0, C)).")
+        self.base, self.num_classes, self.group = loss, int(num_classes), group
+
+    def compute(self, embeddings, labels):
+        L, C = self.base, self.num_classes
+        ids = _check_ids(labels, C, "ClassSumMagnetLoss")
+        n_loc = class_counts(ids, C, dtype=embeddings.dtype)                   # (C,)
+        total = all_reduce_sum(torch.cat([embeddings.detach().sum(0), n_loc.sum()[None]]),
+                               self.group)
+        r = embeddings - total[:-1] / total[-1]                                # global mean shift
+        sq = (r * r).sum(1)                                                    # (N_r,)
+        stats = all_reduce_sum(torch.cat([class_sums(r, ids, C), class_sums(sq[:, None], ids, C),
+                                          n_loc[:, None]], 1), self.group)
+        S, Q, n = stats[:, :-2], stats[:, -2], stats[:, -1].detach()           # (C, d), (C,), (C,)
+        mu = S / n.clamp_min(1)[:, None]                                       # (C, d) class means
+        N = n.sum()
+        spread = (Q - (S * S).sum(1) / n.clamp_min(1)).clamp_min(0)            # sum ||r - mu_c||^2
+        sigma2 = (spread.sum() / (N - 1).clamp_min(1)).clamp_min(L.eps)        # eq. 1
+        d_own = ((r - mu[ids]) ** 2).sum(1)                                    # (N_r,)
+        D = squared_euclidean_distances(r, mu)                                 # (N_r, C)
+        neg = (n > 0)[None, :] & (F.one_hot(ids, C) == 0)                      # other classes
+        t = d_own / (2 * sigma2) + L.alpha + masked_logsumexp(-D / (2 * sigma2), neg)  # eq. 3
+        t = torch.where(neg.any(1), t, torch.full_like(t, -math.inf))
+        terms = t.clamp_min(0) if L.hinge else t
+        R = rank_and_world_size(self.group)[1]
+        part = terms.sum() / N                              # this rank's share of the mean
+        value = all_reduce_sum(part.detach(), self.group)
+        return value + R * (part - part.detach())   # global value; gradient: R x own share
 
 # %% ../nbs/41_distributed.ipynb #ce049992
 def _free_port() -> int:
@@ -320,6 +359,8 @@ def single_process_reference(loss: torch.nn.Module, x: torch.Tensor, labels: tor
     return {"value": value.detach(), "grad_z": net.z.grad.clone(), "grads": _grads(net)}
 
 # %% ../nbs/41_distributed.ipynb #24309800
+COMM_METHODS = ("gather", "class_sums", "magnet_sums")
+
 def communication_bytes(method: str, N: int, C: int, d: int, R: int, itemsize: int = 4,
                         metric: str = "cosine") -> int:
     "Bytes in one rank's collective buffers for one step (forward + backward), N split evenly."
@@ -330,7 +371,9 @@ def communication_bytes(method: str, N: int, C: int, d: int, R: int, itemsize: i
         width = d + 1 if metric == "cosine" else d + 2
         shift = 0 if metric == "cosine" else (d + 1) * itemsize   # the global mean, forward only
         return 2 * C * width * itemsize + shift + 2 * itemsize
-    raise ValueError(f"`method` must be 'gather' or 'class_sums'; got {method!r}.")
+    if method == "magnet_sums":  # the global mean; S, Q, n forward and back; the loss value
+        return (d + 1) * itemsize + 2 * C * (d + 2) * itemsize + itemsize
+    raise ValueError(f"`method` must be one of {COMM_METHODS}; got {method!r}.")
 
 def measure_communication(rank: int, world_size: int, configs: list, repeats: int = 3,
                           metric: str = "cosine", seed: int = 0) -> list[dict]:
@@ -343,7 +386,8 @@ def measure_communication(rank: int, world_size: int, configs: list, repeats: in
         y = torch.randint(0, C, (N // world_size,), generator=g)
         base = SoftSilhouetteLoss(metric=metric, num_classes=C)
         for method, loss in (("gather", GlobalBatchLoss(base)),
-                             ("class_sums", ClassSumSoftSilhouetteLoss(base))):
+                             ("class_sums", ClassSumSoftSilhouetteLoss(base)),
+                             ("magnet_sums", ClassSumMagnetLoss(MagnetLoss(), C))):
             times = []
             for _ in range(repeats):
                 zz = z.clone().requires_grad_()

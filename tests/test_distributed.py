@@ -1,12 +1,14 @@
 "Two gloo processes on the CPU reproduce one process on the whole batch: values and gradients."
+from functools import partial
 import numpy as np
 import pytest
 import torch
-from structloss.distributed import (ClassSumSoftSilhouetteLoss, GlobalBatchLoss,
+from structloss.distributed import (ClassSumMagnetLoss, ClassSumSoftSilhouetteLoss, GlobalBatchLoss,
                                     ShardedClassBalancedSampler, global_batch_worker,
                                     global_silhouette_score, run_on_ranks,
                                     single_process_reference, rank_and_world_size)
 from structloss.greediness import find_losses
+from structloss.magnet import MagnetLoss
 from structloss.metrics import silhouette_score
 from structloss.silhouette import SoftSilhouetteLoss
 
@@ -37,6 +39,11 @@ for metric in ("cosine", "sqeuclidean"):
         CASES.append((f"ClassSumSoftSilhouette {metric}, {split}",
                       SoftSilhouetteLoss(metric=metric, num_classes=3), x, y, sizes, 1,
                       ClassSumSoftSilhouetteLoss))
+
+for split, (x, y, sizes) in batches().items():
+    for alpha in (0.0, 1.0):
+        CASES.append((f"ClassSumMagnet alpha={alpha}, {split}", MagnetLoss(alpha=alpha), x, y,
+                      sizes, 1, partial(ClassSumMagnetLoss, num_classes=3)))
 
 class _NetWithLoss(torch.nn.Module):
     def __init__(self, loss):
