@@ -10,26 +10,40 @@ __all__ = ['CrossBatchMemory']
 
 # %% ../nbs/42_memory.ipynb #bb55abb1
 class CrossBatchMemory(torch.nn.Module):
-    "A FIFO queue of past embeddings and labels: extra positives and negatives for `loss`."
+    "A FIFO queue of past embeddings and labels: more positives and negatives for `loss`."
+
     accepts_views = False
 
-    def __init__(self, loss: torch.nn.Module, # takes a reference set (`supports_reference`)
-                 embedding_size: int,         # d
-                 memory_size: int = 1024,     # rows kept, the current batch's included
-                 detach_batch: bool = True,   # the batch's reference rows: detached copies (PML)
-                 track_active: bool = False): # log the active ratio (`extra_logs`; a no-grad pass)
+    # takes a reference set (`supports_reference`)
+    def __init__(
+        self,
+        loss: torch.nn.Module,
+        embedding_size: int,  # d
+        memory_size: int = 1024,  # rows kept, the current batch's included
+        # the batch's reference rows: detached copies (PML)
+        detach_batch: bool = True,
+        # log the active ratio (`extra_logs`; a no-grad pass)
+        track_active: bool = False,
+    ):
         super().__init__()
         if not getattr(loss, "supports_reference", False):
-            raise TypeError(f"`loss` must take a reference set (`supports_reference = True`, "
-                            f"`loss(x, y, ref_emb=, ref_labels=)`); {type(loss).__name__} does not.")
+            raise TypeError(
+                f"`loss` must take a reference set (`supports_reference = True`, "
+                f"`loss(x, y, ref_emb=, ref_labels=)`); {type(loss).__name__} does not."
+            )
         for name, v in (("embedding_size", embedding_size), ("memory_size", memory_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {v!r}.")
-        self.loss, self.embedding_size, self.memory_size = loss, embedding_size, memory_size
+        self.loss, self.embedding_size, self.memory_size = (
+            loss,
+            embedding_size,
+            memory_size,
+        )
         self.detach_batch, self.track_active = bool(detach_batch), bool(track_active)
         self.register_buffer("embedding_memory", torch.zeros(memory_size, embedding_size))
         self.register_buffer("label_memory", torch.zeros(memory_size, dtype=torch.long))
-        self.position, self.filled = 0, 0    # host integers: no device read to find the rows
+        # host integers: no device read to find the rows
+        self.position, self.filled = 0, 0
         self.last_active = None
 
     def reset(self) -> None:
@@ -40,28 +54,40 @@ class CrossBatchMemory(torch.nn.Module):
         check_embeddings_labels(embeddings, labels)
         n, d = embeddings.shape
         if d != self.embedding_size:
-            raise ValueError(f"`embeddings` have d = {d} but the memory holds "
-                             f"embedding_size = {self.embedding_size}.")
+            raise ValueError(
+                f"`embeddings` have d = {d} but the memory holds "
+                f"embedding_size = {self.embedding_size}."
+            )
         if n > self.memory_size:
-            raise ValueError(f"a batch of {n} rows does not fit a memory of {self.memory_size}; "
-                             f"use memory_size >= the batch size.")
+            raise ValueError(
+                f"a batch of {n} rows does not fit a memory of {self.memory_size}; "
+                f"use memory_size >= the batch size."
+            )
 
     def reference(self, embeddings: torch.Tensor, labels: torch.Tensor):
         "`(ref_emb, ref_labels)`: the batch, then the kept memory rows (oldest first)."
         self._check(embeddings, labels)
         n, M = len(embeddings), self.memory_size
-        k = min(self.filled, M - n)                       # rows that stay after enqueueing
+        # rows that stay after enqueueing
+        k = min(self.filled, M - n)
         rows = (self.position - k + torch.arange(k, device=embeddings.device)) % M
         memory = self.embedding_memory.to(embeddings.dtype).index_select(0, rows)
         batch = embeddings.detach() if self.detach_batch else embeddings
-        return (torch.cat([batch, memory]),
-                torch.cat([labels.to(self.label_memory.dtype), self.label_memory.index_select(0, rows)]))
+        return (
+            torch.cat([batch, memory]),
+            torch.cat(
+                [
+                    labels.to(self.label_memory.dtype),
+                    self.label_memory.index_select(0, rows),
+                ]
+            ),
+        )
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         "Write the batch over the oldest rows."
         n, M = len(embeddings), self.memory_size
-        if self.embedding_memory.dtype != embeddings.dtype:       # e.g. float64 checks
+        if self.embedding_memory.dtype != embeddings.dtype:  # e.g. float64 checks
             self.embedding_memory = self.embedding_memory.to(embeddings.dtype)
         slots = (self.position + torch.arange(n, device=embeddings.device)) % M
         self.embedding_memory.index_copy_(0, slots, embeddings.detach())
@@ -69,30 +95,43 @@ class CrossBatchMemory(torch.nn.Module):
         self.position, self.filled = (self.position + n) % M, min(self.filled + n, M)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        "`loss` of the batch against the batch and the memory; then the batch joins the memory."
+        "`loss` of the batch against the batch and the memory; then the batch joins it."
         ref, ref_labels = self.reference(embeddings, labels)
-        value = self.loss(embeddings, labels, ref_emb=ref, ref_labels=ref_labels, self_in_ref=True)
+        value = self.loss(
+            embeddings, labels, ref_emb=ref, ref_labels=ref_labels, self_in_ref=True
+        )
         if self.track_active:
-            self.last_active = self.loss.active_ratio(embeddings.detach(), labels, ref_emb=ref,
-                                                      ref_labels=ref_labels, self_in_ref=True)
+            self.last_active = self.loss.active_ratio(
+                embeddings.detach(),
+                labels,
+                ref_emb=ref,
+                ref_labels=ref_labels,
+                self_in_ref=True,
+            )
         self.enqueue(embeddings, labels)
         return value
 
-    def active_ratio(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        "`loss`'s active ratio against the batch and the memory (the memory is left unchanged)."
+    def active_ratio(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        "`loss`'s active ratio against the batch and the memory (left unchanged)."
         ref, ref_labels = self.reference(embeddings, labels)
-        return self.loss.active_ratio(embeddings, labels, ref_emb=ref, ref_labels=ref_labels,
-                                      self_in_ref=True)
+        return self.loss.active_ratio(
+            embeddings, labels, ref_emb=ref, ref_labels=ref_labels, self_in_ref=True
+        )
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         "Pass the epoch on to `loss` when it has a schedule."
-        if callable(getattr(self.loss, "set_epoch", None)): self.loss.set_epoch(epoch, num_epochs)
+        if callable(getattr(self.loss, "set_epoch", None)):
+            self.loss.set_epoch(epoch, num_epochs)
 
     def extra_logs(self) -> dict:
-        "What an `Objective` logs beside the loss: the last batch's active ratio (`track_active`)."
+        "What an `Objective` logs beside the loss: the last active ratio."
         return {} if self.last_active is None else {"active": self.last_active}
 
-    def get_extra_state(self) -> dict: return {"position": self.position, "filled": self.filled}
+    def get_extra_state(self) -> dict:
+        return {"position": self.position, "filled": self.filled}
+
     def set_extra_state(self, state: dict) -> None:
         self.position, self.filled = int(state["position"]), int(state["filled"])
 
