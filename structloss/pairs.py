@@ -9,190 +9,491 @@ Docs: https://structloss.github.io/structloss/pairs.html.md"""
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-from .core import EmbeddingLoss, check_embeddings_labels, check_number, compute_dtype
+from .core import (EmbeddingLoss, check_choice, check_class_ids, check_number,
+                             masked_logsumexp)
 from .geometry import label_masks
 
 # %% auto #0
-__all__ = ['pair_distances', 'avg_non_zero', 'ContrastiveLoss', 'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows',
-           'triplet_margin_sums', 'triplet_margin_totals', 'TripletMarginLoss', 'first_two_per_class', 'NPairsLoss']
+__all__ = ['DISTANCES', 'REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights', 'with_gradient',
+           'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'tie_break_key',
+           'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals',
+           'triplet_margin_weights', 'smooth_triplet_weights', 'TripletMarginLoss', 'first_two_indices', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+
 def pair_distances(embeddings: torch.Tensor,
-                   normalize_embeddings: bool = True,  # L2-normalise rows first, as PML's `LpDistance`
-                   exact: bool = False,                # True: from differences, exactly 0 for equal rows; False: `torch.cdist`'s default, as PML
+                   # L2-normalise rows first (PML's default)
+                   normalize_embeddings: bool = True,
+                   exact: bool = False,  # True: from differences, 0 for equal rows
+                   # the rows to measure against (default: itself)
+                   ref_emb: torch.Tensor | None = None,
+                   # or "squared_euclidean", "cosine" (a similarity)
+                   distance: str = "euclidean",
                   ) -> torch.Tensor:
-    "Euclidean distances `[N, N]` between the rows of `embeddings` (eq. 1)."
-    z = F.normalize(embeddings, p=2, dim=1) if normalize_embeddings else embeddings    # (N, d)
-    if not exact: return torch.cdist(z, z)                                              # (N, N) matrix product above 25 rows
-    return torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")               # (N, N)
+    """Distances `[N, M]` from the rows of `embeddings` to those of `ref_emb` (eq. 1), as
+    PML's."""
+    check_choice("distance", distance, DISTANCES)
+    # (N, d)
+    z = F.normalize(embeddings, p=2, dim=1) if normalize_embeddings else embeddings
+    r = z if ref_emb is None else (
+        F.normalize(ref_emb, p=2, dim=1) if normalize_embeddings else ref_emb)  # (M, d)
+    if distance == "cosine": return z @ r.T  # (N, M)
+    mode = ("donot_use_mm_for_euclid_dist" if exact
+            else "use_mm_for_euclid_dist_if_necessary")
+    d = torch.cdist(z, r, compute_mode=mode)  # (N, M) a matrix product above 25 rows
+    return d * d if distance == "squared_euclidean" else d
 
 # %% ../nbs/11_pairs.ipynb #b7ba428f
 def avg_non_zero(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    "Mean of the entries of `losses` (all >= 0) selected by `mask` that are > 0; 0 when none (eq. 2, PML's `AvgNonZeroReducer`)."
+    """Mean of the entries of `losses` (>= 0) selected by `mask` that are > 0; 0 when none
+    (eq. 2)."""
     losses = torch.where(mask, losses, torch.zeros_like(losses))
     return losses.sum() / (losses > 0).sum().clamp_min(1).to(losses.dtype)
 
+# %% ../nbs/11_pairs.ipynb #b1000002
+class DistanceWeights(torch.autograd.Function):
+    """A loss value computed without autograd from a distance matrix `D(z, r)` `[N, M]`,
+    and the weights `A` of its closed-form backward (`backward_weights`).
+
+    Backward: for differences (euclidean distances, squared or not) the gradient at `z_i`
+    is `sum_j A_ij (z_i - r_j)`, for products (cosine similarities) `sum_j A_ij r_j`: one
+    or two matrix products, no autograd graph over `[N, M]` matrices. A per-sample loss
+    (`value` of shape `[N]`) scales row `i` of `A` by its incoming gradient. `r=None`: the
+    batch is its own reference; `symmetric`: `A` is symmetric there (one matrix product
+    instead of two)."""
+    @staticmethod
+    def forward(ctx, value, A, z, r, product, symmetric):
+        ctx.save_for_backward(A, z, r)
+        ctx.product, ctx.symmetric = product, symmetric
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        A, z, r = ctx.saved_tensors
+        g = grad[:, None] if grad.ndim else grad  # (N, 1) or ()
+        ref = z if r is None else r
+        gz = g * (A @ ref) if ctx.product else g * (A.sum(1, keepdim=True) * z - A @ ref)
+        if r is None and ctx.symmetric and grad.ndim == 0:
+            return None, None, 2 * gz, None, None, None
+        gzg = (g * z).expand_as(z)                                           # (N, d)
+        if ctx.product: gr = A.T @ gzg
+        else: gr = (A.T @ g.expand(len(z), 1)) * ref - A.T @ gzg
+        if r is None: return None, None, gz + gr, None, None, None
+        return None, None, gz, gr, None, None
+
+def backward_weights(G: torch.Tensor, D: torch.Tensor, distance: str) -> torch.Tensor:
+    """`A` of `DistanceWeights` from `G = dloss/dD`, in place; euclidean: `G / D`, 0 where
+    `D = 0`."""
+    if distance == "euclidean":
+        return G.div_(D).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    if distance == "squared_euclidean": return G.mul_(2)
+    return G
+
+def with_gradient(value, G, D, z, r, distance, exact=False, symmetric=False):
+    """`value` (a loss, or per-sample losses) with the gradient `G = dvalue/dD` sent
+    through the distances: in closed form (`DistanceWeights`), or, where `torch.cdist`
+    computes euclidean distances from the differences themselves (`exact`, or at most
+    25 rows on both sides), through those distances with autograd, exactly as PML's
+    gradient."""
+    m = len(z) if r is None else len(r)
+    if distance == "euclidean" and (exact or max(len(z), m) <= 25):
+        d = pair_distances(z, False, exact, r, distance)           # with autograd
+        s = (G * d).sum(1) if value.ndim else (G * d).sum()
+        return value + (s - s.detach())  # the value, G's gradient
+    A = backward_weights(G, D, distance)
+    return DistanceWeights.apply(value, A, z, r, distance == "cosine", symmetric)
+
+def prepare_pairs(embeddings, labels, ref_emb, ref_labels, self_in_ref,
+                  normalize_embeddings, distance, exact=False):
+    """`z`, `r` (None: the batch is its own reference), the distances `D` `[N, M]` (no
+    graph), the label-equality mask `same` `[N, M]`, and whether the pairs (i, i) are
+    to be skipped."""
+    if distance == "cosine" and not normalize_embeddings:
+        raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
+                         "CosineSimilarity); leave `normalize_embeddings=True`.")
+    # (N, d)
+    z = F.normalize(embeddings, p=2, dim=1) if normalize_embeddings else embeddings
+    r = None
+    if ref_emb is not None:
+        # (M, d)
+        r = F.normalize(ref_emb, p=2, dim=1) if normalize_embeddings else ref_emb
+    else: ref_labels, self_in_ref = labels, True
+    with torch.no_grad():
+        r_rows = None if r is None else r.detach()
+        D = pair_distances(z.detach(), False, exact, r_rows, distance)
+        same = labels[:, None] == ref_labels[None, :]  # (N, M)
+    return z, r, D, same, self_in_ref
+
+def self_pairs(x: torch.Tensor) -> torch.Tensor:
+    """The entries (i, i) of an `[N, M]` matrix whose reference starts with the batch (a
+    view)."""
+    return x[:, :x.shape[0]].diagonal()
+
 # %% ../nbs/11_pairs.ipynb #8c071fa8
+REDUCTIONS = ("avg_non_zero", "none")
+
 class ContrastiveLoss(EmbeddingLoss):
-    "Contrastive loss of Hadsell et al. (2006) in PML's form: un-squared hinges, each side averaged over its non-zero pairs (eqs. 3-4)."
+    """Contrastive loss of Hadsell et al. (2006) in PML's form: un-squared hinges, each
+    side averaged over its non-zero pairs (eqs. 3-4).
+
+    `reduction="none"`: one loss per row of `embeddings` (anchor `i`), eq. 4 over the
+    pairs `(i, j)` only. The default pools the pairs of all anchors, so it is not the mean
+    of these; it is when every anchor has the same number of non-zero positive and of non-
+    zero negative terms. Reference set (`ref_emb`, `ref_labels`): the pairs are (row of
+    `embeddings`, row of `ref_emb`), as in PML."""
+    supports_reference = True
+
     def __init__(self,
                  pos_margin: float = 0.0,            # m_p in eq. 3
                  neg_margin: float = 1.0,            # m_n in eq. 3
-                 normalize_embeddings: bool = True,  # L2-normalise before eq. 1 (PML's LpDistance default)
-                 exact_distances: bool = False,      # `exact` of `pair_distances`: True gives exact 0 for equal embeddings
+                 # L2-normalise before eq. 1 (PML's default)
+                 normalize_embeddings: bool = True,
+                 exact_distances: bool = False,      # `exact` of `pair_distances`
+                 # or "squared_euclidean", "cosine" (similarity)
+                 distance: str = "euclidean",
+                 reduction: str = "avg_non_zero",  # or "none": one loss per sample, `[N]`
                 ):
         super().__init__()
-        self.pos_margin, self.neg_margin = check_number("pos_margin", pos_margin), check_number("neg_margin", neg_margin)
-        self.normalize_embeddings, self.exact_distances = normalize_embeddings, exact_distances
+        self.pos_margin = check_number("pos_margin", pos_margin)
+        self.neg_margin = check_number("neg_margin", neg_margin)
+        self.normalize_embeddings = normalize_embeddings
+        self.exact_distances = exact_distances
+        self.distance = check_choice("distance", distance, DISTANCES)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        if distance == "cosine" and not normalize_embeddings:
+            raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
+                             "CosineSimilarity); leave `normalize_embeddings=True`.")
 
-    def pair_losses(self, embeddings, labels):
-        "`l+` and `l-` of eq. 3 as `[N, N]` matrices (zero off their masks), and the masks `P`, `Q`."
-        d = pair_distances(embeddings, self.normalize_embeddings, self.exact_distances)   # (N, N)
-        pos, neg = label_masks(labels)                                # (N, N) each
-        zero = torch.zeros_like(d)
-        l_pos = torch.where(pos, F.relu(d - self.pos_margin), zero)  # (N, N)
-        l_neg = torch.where(neg, F.relu(self.neg_margin - d), zero)  # (N, N)
-        return l_pos, l_neg, pos, neg
+    def prepare(self, embeddings, labels, ref_emb=None, ref_labels=None,
+                self_in_ref=False):
+        return prepare_pairs(embeddings, labels, ref_emb, ref_labels, self_in_ref,
+                             self.normalize_embeddings, self.distance,
+                             self.exact_distances)
 
-    def compute(self, embeddings, labels):
-        l_pos, l_neg, pos, neg = self.pair_losses(embeddings, labels)
-        return avg_non_zero(l_pos, pos) + avg_non_zero(l_neg, neg)    # eq. 4
+    def hinges(self, D, same, has_self):
+        """`l+` at the positive pairs and `l-` at the negative ones (eq. 3), `[N, M]`
+        each, 0 elsewhere."""
+        if self.distance == "cosine":  # a similarity: the hinges flip, as in PML
+            l_pos, l_neg = self.pos_margin - D, D - self.neg_margin
+        else: l_pos, l_neg = D - self.pos_margin, self.neg_margin - D
+        l_pos, l_neg = l_pos.clamp_min_(0), l_neg.clamp_min_(0)
+        l_pos, l_neg = torch.where(same, l_pos, 0), l_neg.masked_fill_(same, 0)
+        if has_self: self_pairs(l_pos).fill_(0)       # (i, i) is no pair
+        return l_pos, l_neg
 
-    @torch.no_grad()
-    def active_ratio(self, embeddings, labels):
-        "Fraction of ordered pairs `i != j` (positive and negative together) whose hinge term is > 0."
-        check_embeddings_labels(embeddings, labels)
-        l_pos, l_neg, pos, neg = self.pair_losses(embeddings.to(compute_dtype(embeddings)), labels)
-        active = ((l_pos > 0) & pos) | ((l_neg > 0) & neg)
-        return active.sum() / (pos | neg).sum().clamp_min(1)
+    def compute(self, embeddings, labels, **reference):
+        z, r, D, same, has_self = self.prepare(embeddings, labels, **reference)
+        with torch.no_grad():
+            l_pos, l_neg = self.hinges(D, same, has_self)                  # (N, M) each
+            dim = None if self.reduction == "avg_non_zero" else 1  # pool, or per anchor
+            n_pos = torch.count_nonzero(l_pos, dim).clamp_min(1).to(D.dtype)   # eq. 2
+            n_neg = torch.count_nonzero(l_neg, dim).clamp_min(1).to(D.dtype)
+            value = l_pos.sum(dim) / n_pos + l_neg.sum(dim) / n_neg        # eq. 4
+            if dim is not None: n_pos, n_neg = n_pos[:, None], n_neg[:, None]
+            sign = -1.0 if self.distance == "cosine" else 1.0  # dl+/dD = +1 (cosine: -1)
+            # dloss/dD
+            G = l_pos.sign_().mul_(sign / n_pos).addcmul_(l_neg.sign_(), -sign / n_neg)
+        return with_gradient(value, G, D, z, r, self.distance, self.exact_distances,
+                             symmetric=dim is None)
+
+    def active_terms(self, embeddings, labels, **reference):
+        "Terms: the ordered pairs (i, j), j != i; active: those whose hinge is > 0."
+        _, _, D, same, has_self = self.prepare(embeddings, labels, **reference)
+        terms = torch.ones_like(same)
+        if has_self: self_pairs(terms).fill_(False)
+        l_pos, l_neg = self.hinges(D, same, has_self)
+        return (l_pos > 0) | (l_neg > 0), terms
+
+# %% ../nbs/11_pairs.ipynb #183c9c19
+def triplet_margin_sums_search(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                               margin: float, center: bool = False):
+    """Eq. 8 (eq. 9 with `center`): per positive pair, its summed triplet losses and their
+    count."""
+    big = d.detach().max() + abs(margin) + 1  # () sentinel above every t_ap
+    # (N, M) sorted d_an, then sentinels
+    s, _ = torch.sort(torch.where(neg, d, big), dim=1)
+    t = (d + margin).contiguous()                                # (N, M) t_ap
+    k = torch.searchsorted(s, t)  # (N, M) k_ap = #{n: d_an < t_ap}
+    c = s[:, :1].detach() if center else torch.zeros_like(s[:, :1])  # (N, 1) c_a of eq. 9
+    S = F.pad(torch.cumsum(s - c, 1), (1, 0))  # (N, M + 1) S[a, k], S[a, 0] = 0
+    sums = k * (t - c) - S.gather(1, k)                          # (N, M)
+    return sums * pos, k * pos
 
 # %% ../nbs/11_pairs.ipynb #7419a701
 def tie_break_key(values: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
-    "Integer keys that sort like the pairs `(values, flag)`: by value, and among equal values `flag` False first. `values` >= +0.0, float32 or float64."
+    """Integer keys that sort like the pairs `(values, flag)`: by value, and among equal
+    values `flag` False first. `values` >= +0.0, float32 (int32 keys) or float64 (int64
+    keys)."""
     if values.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"`values` must be float32 or float64; got {values.dtype}. Convert with `.float()` first.")
-    bits = values.view(torch.int32 if values.dtype == torch.float32 else torch.int64)   # ascends with values >= +0.0
-    return (bits << 1 | flag) ^ torch.iinfo(bits.dtype).min      # flag in the freed bit; top bit flipped: unsigned -> signed order
+        raise TypeError(f"`values` must be float32 or float64; got {values.dtype}. "
+                        f"Convert with `.float()` first.")
+    # ascending
+    bits = values.view(torch.int32 if values.dtype == torch.float32 else torch.int64)
+    # flag in the freed bit; top bit flipped
+    return (bits << 1 | flag) ^ torch.iinfo(bits.dtype).min
 
 # %% ../nbs/11_pairs.ipynb #b38447a1
-def margin_sort_keys(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-    "Rows `v` `[N, N]` (`d + m+` at positives, `d + m-` at negatives, `d` elsewhere) and integer keys ordering each row as the exact sums would, positives before equal negatives."
-    m = torch.tensor(margin, dtype=d.dtype).item()                       # m as d's dtype holds it (a host number: no sync)
+def margin_sort_keys(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                     margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows `v` `[N, M]` (`d + m+` at positives, `d + m-` at negatives, `d` elsewhere) and
+    integer keys ordering each row as the exact sums would, positives before equal
+    negatives."""
+    m = torch.tensor(margin, dtype=d.dtype).item()  # m as d's dtype holds it (no sync)
     if m == 0: return d, tie_break_key(d.detach(), neg)
-    shifted = pos if m > 0 else neg                                      # where |m| is added: t_ap = d_ap + m, or d_an + |m|
-    s = d + abs(m)                                                       # (N, N) fl(d + |m|)
-    v = torch.where(shifted, s, d)                                       # (N, N) v_aj >= 0
+    shifted = pos if m > 0 else neg                          # where |m| is added
+    s = d + abs(m)                                           # (N, M) fl(d + |m|)
+    v = torch.where(shifted, s, d)                           # (N, M) v_aj >= 0
     with torch.no_grad():
         s, d = s.detach(), d.detach()
         b = s - d
-        e = (s - b).neg_().add_(d)                                       # d - (s - b)
-        e += b.neg_().add_(abs(m))                                       # + (|m| - b): TwoSum, e = (d + |m|) - s exactly
-        moved = shifted & (e > 0 if m > 0 else e < 0)                    # exact sum beyond a tie: one float up (m > 0) or down
-        keys = tie_break_key(v.detach(), neg).add_(moved, alpha=2 if m > 0 else -2)   # next float: bit pattern +-1, key +-2
+        e = (s - b).neg_().add_(d)                           # d - (s - b)
+        e += b.neg_().add_(abs(m))  # + (|m| - b): TwoSum, e = d + |m| - s
+        # exact sum beyond a tie: one float on
+        moved = shifted & (e > 0 if m > 0 else e < 0)
+        # key +-2
+        keys = tie_break_key(v.detach(), neg).add_(moved, alpha=2 if m > 0 else -2)
     return v, keys
 
 # %% ../nbs/11_pairs.ipynb #63226a30
-def sorted_triplet_rows(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float):
-    "One sort per row: `v` (differentiable), the sort `order`, 0/1 indicators of positives and negatives in sorted order, and `k` (negatives sorted before each positive), `[N, N]` each."
-    v, keys = margin_sort_keys(d, pos, neg, margin)                      # (N, N) each: t_ap at positives, d_an elsewhere
-    with torch.no_grad():                                                # integer coefficients, no gradient
-        order = torch.sort(keys, dim=1).indices                          # (N, N) exact order; positives before equal negatives
-        is_pos = pos.gather(1, order).to(v.dtype)                        # (N, N) 1 at positives, sorted order
-        is_neg = neg.gather(1, order).to(v.dtype)                        # (N, N) 1 at negatives
-        k = torch.cumsum(is_neg, 1).mul_(is_pos)                         # (N, N) k_ap = #{n: d_an < t_ap}, strict
+def sorted_triplet_rows(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                        margin: float):
+    """One sort per row: `v` (differentiable), the sort `order`, 0/1 indicators of
+    positives and negatives in sorted order, and `k` (negatives sorted before each
+    positive), `[N, M]` each."""
+    v, keys = margin_sort_keys(d, pos, neg, margin)          # (N, M) each
+    with torch.no_grad():  # integer coefficients, no gradient
+        order = torch.sort(keys, dim=1).indices  # (N, M) positives before equal negatives
+        is_pos = pos.gather(1, order).to(v.dtype)  # (N, M) 1 at positives, sorted order
+        is_neg = neg.gather(1, order).to(v.dtype)            # (N, M) 1 at negatives
+        k = torch.cumsum(is_neg, 1).mul_(is_pos)  # (N, M) k_ap = #{n: d_an < t_ap}
     return v, order, is_pos, is_neg, k
 
-def triplet_margin_sums(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per positive pair `(a, p)`: sum over negatives of `relu(d_ap - d_an + margin)` and the count of non-zero terms, `[N, N]` each (eqs. 8-9), in O(N^2 log N)."
+def triplet_margin_sums(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                        margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per positive pair `(a, p)`: the sum over negatives of `relu(d_ap - d_an + margin)`
+    and the count of non-zero terms, `[N, M]` each (eqs. 8-9), in O(N^2 log N)."""
     v, order, is_pos, is_neg, k = sorted_triplet_rows(d, pos, neg, margin)
-    sv = v.gather(1, order)                                              # (N, N) each row sorted
-    c = sv[:, sv.shape[1] // 2, None].detach()                           # (N, 1) c_a of eq. 9: the row's median
-    S = torch.cumsum((sv - c) * is_neg, 1)                               # (N, N) centred negatives below t_ap
-    sums = (k * (sv - c) - S) * is_pos                                   # (N, N) eq. 8 at the positives
-    return torch.zeros_like(sums).scatter(1, order, sums), torch.zeros_like(order).scatter(1, order, k.long())
+    sv = v.gather(1, order)                                  # (N, M) each row sorted
+    c = sv[:, sv.shape[1] // 2, None].detach()  # (N, 1) c_a of eq. 9: the median
+    S = torch.cumsum((sv - c) * is_neg, 1)  # (N, M) centred negatives below t_ap
+    sums = (k * (sv - c) - S) * is_pos  # (N, M) eq. 8 at the positives
+    return (torch.zeros_like(sums).scatter(1, order, sums),
+            torch.zeros_like(order).scatter(1, order, k.long()))
 
 # %% ../nbs/11_pairs.ipynb #227bd001
-def triplet_margin_totals(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-    "Sum of `relu(d_ap - d_an + margin)` over all valid triplets and the number of non-zero ones (eq. 10), in O(N^2 log N)."
+def triplet_margin_totals(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                          margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of `relu(d_ap - d_an + margin)` over all valid triplets and the number of non-
+    zero ones (eq. 10), in O(N^2 log N), with autograd."""
     v, order, is_pos, is_neg, k = sorted_triplet_rows(d, pos, neg, margin)
     with torch.no_grad():
-        count = k.sum()                                                  # denominator of eq. 6
-        q = torch.cumsum(is_pos, 1).neg_().add_(is_pos.sum(1, keepdim=True)).mul_(is_neg)   # q_an: positives sorted after
-        w = k.sub_(q)                                                    # (N, N) coefficients k_ap - q_an of eq. 10
-    sv = v.gather(1, order)                                              # (N, N) each row sorted
-    c = sv[:, sv.shape[1] // 2, None].detach()                           # (N, 1) c_a of eq. 9: the row's median
-    return ((sv - c) * w).sum(), count                                   # eq. 10 numerator, count of eq. 6
+        count = k.sum()                                      # denominator of eq. 6
+        # q_an
+        q = torch.cumsum(is_pos, 1).neg_().add_(is_pos.sum(1, keepdim=True)).mul_(is_neg)
+        w = k.sub_(q)  # (N, M) coefficients k_ap - q_an
+    sv = v.gather(1, order)                                  # (N, M) each row sorted
+    c = sv[:, sv.shape[1] // 2, None].detach()  # (N, 1) c_a of eq. 9: the median
+    return ((sv - c) * w).sum(), count  # eq. 10 numerator, count of eq. 6
+
+def triplet_margin_weights(d: torch.Tensor, same: torch.Tensor, margin: float,
+                           has_self: bool = False):
+    """Per anchor: the sum of `relu(d_ap - d_an + margin)` over its triplets and their
+    number of non-zero terms, `[N]` each, and `W` `[N, M]`: the derivative of the sums
+    with respect to `d`, the integer coefficients of eq. 10 at their places (a, j). No
+    autograd. `same`: label equality; `has_self`: the pairs (a, a) are no pairs."""
+    with torch.no_grad():
+        v, keys = margin_sort_keys(d, same, ~same, margin)              # (N, M) each
+        # (a, a) sorts last
+        if has_self: self_pairs(keys).fill_(torch.iinfo(keys.dtype).max)
+        sorted_keys, order = torch.sort(keys, dim=1)  # (N, M) one sort per row
+        is_neg = (sorted_keys & 1).to(d.dtype)  # the key's flag bit
+        is_pos = 1 - is_neg
+        if has_self: is_pos[:, -1] = 0                                  # (a, a): inert
+        k = torch.cumsum(is_neg, 1).mul_(is_pos)  # k_ap, sorted order
+        # k - q
+        w = torch.cumsum(is_pos, 1).sub_(is_pos.sum(1, keepdim=True)).mul_(is_neg).add_(k)
+        W = torch.zeros_like(v).scatter_(1, order, w)  # (N, M) at their places
+        c = v.gather(1, order[:, v.shape[1] // 2, None])  # (N, 1) c_a of eq. 9
+        return (v - c).mul_(W).sum(1), k.sum(1), W
+
+def smooth_triplet_weights(d: torch.Tensor, same: torch.Tensor, margin: float,
+                           has_self: bool = False, block: int = 2 ** 22):
+    """As `triplet_margin_weights` for `softplus(d_ap - d_an + margin)`: every triplet, in
+    blocks of anchors of about `block` triplets each. O(N M^2) time, O(block + N M)
+    memory."""
+    with torch.no_grad():
+        n, m = d.shape
+        pos, neg = same.clone(), ~same
+        if has_self: self_pairs(pos).fill_(False)
+        totals, counts = d.new_zeros(n), d.new_zeros(n, dtype=torch.long)
+        W = torch.zeros_like(d)
+        step = max(1, block // (m * m))
+        for a in range(0, n, step):  # blocks of anchors
+            b = slice(a, a + step)
+            valid = pos[b, :, None] & neg[b, None, :]  # (B, M, M) (a, p, n)
+            x = d[b, :, None] - d[b, None, :] + margin                  # (B, M, M)
+            loss = F.softplus(x).mul_(valid)
+            totals[b], counts[b] = loss.sum((1, 2)), (loss > 0).sum((1, 2))
+            sig = torch.sigmoid(x).mul_(valid)
+            W[b] = sig.sum(2) - sig.sum(1)  # +sum_n at p, -sum_p at n
+        return totals, counts, W
 
 # %% ../nbs/11_pairs.ipynb #2efe8fe0
 class TripletMarginLoss(EmbeddingLoss):
-    "Triplet margin loss over all valid triplets (Schroff et al. 2015; PML's `TripletMarginLoss`): eqs. 5-6, computed exactly in O(N^2 log N) by eq. 10."
+    """Triplet margin loss over all valid triplets (Schroff et al. 2015; PML's
+    `TripletMarginLoss`): eqs. 5-6, computed exactly in O(N^2 log N) by eq. 10.
+
+    `smooth_loss=True`: PML's `softplus(d_ap - d_an + m)` instead of the hinge. It has no
+    sort trick: every triplet is computed, in blocks of anchors, O(N^3) time and O(N^2)
+    memory beyond one block. `reduction="none"`: one loss per row of `embeddings` (anchor
+    `a`), eq. 6 over the triplets `(a, p, n)` only. The default pools the triplets of all
+    anchors; it is the mean of these when every anchor has the same number of non-zero
+    triplets. Reference set: `p`, `n` are rows of `ref_emb`."""
+    supports_reference = True
+
     def __init__(self,
                  margin: float = 0.05,               # m in eq. 5
-                 normalize_embeddings: bool = True,  # L2-normalise before eq. 1 (PML's LpDistance default)
-                 exact_distances: bool = False,      # `exact` of `pair_distances`: True gives exact 0 for equal embeddings
+                 # L2-normalise before eq. 1 (PML's default)
+                 normalize_embeddings: bool = True,
+                 exact_distances: bool = False,      # `exact` of `pair_distances`
+                 # or "squared_euclidean", "cosine" (similarity)
+                 distance: str = "euclidean",
+                 # softplus instead of the hinge (PML's option)
+                 smooth_loss: bool = False,
+                 reduction: str = "avg_non_zero",  # or "none": one loss per sample, `[N]`
                 ):
         super().__init__()
-        self.margin, self.normalize_embeddings = check_number("margin", margin), normalize_embeddings
-        self.exact_distances = exact_distances
+        self.margin = check_number("margin", margin)
+        self.normalize_embeddings = normalize_embeddings
+        self.exact_distances, self.smooth_loss = exact_distances, bool(smooth_loss)
+        self.distance = check_choice("distance", distance, DISTANCES)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        if distance == "cosine" and not normalize_embeddings:
+            raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
+                             "CosineSimilarity); leave `normalize_embeddings=True`.")
+
+    def prepare(self, embeddings, labels, ref_emb=None, ref_labels=None,
+                self_in_ref=False):
+        """`z`, `r`, `D`, a distance `t` (`1 - D`, or `-D` when smooth, for cosine
+        similarities), masks."""
+        z, r, D, same, has_self = prepare_pairs(
+            embeddings, labels, ref_emb, ref_labels, self_in_ref,
+            self.normalize_embeddings, self.distance, self.exact_distances)
+        t = D
+        if self.distance == "cosine":                # s_an - s_ap + m = t_ap - t_an + m
+            # the sort keys need t >= 0
+            t = -D if self.smooth_loss else (1 - D).clamp_min_(0)
+        return z, r, D, t, same, has_self
+
+    def weights(self, t, same, has_self):
+        "Per-anchor totals and counts, and their derivative `W` with respect to `t`."
+        if self.smooth_loss: return smooth_triplet_weights(t, same, self.margin, has_self)
+        return triplet_margin_weights(t, same, self.margin, has_self)
+
+    def compute(self, embeddings, labels, **reference):
+        z, r, D, t, same, has_self = self.prepare(embeddings, labels, **reference)
+        totals, counts, W = self.weights(t, same, has_self)
+        with torch.no_grad():
+            if self.reduction == "avg_non_zero":                        # eq. 6
+                count = counts.sum().clamp_min(1).to(W.dtype)
+                value, G = totals.sum() / count, W.div_(count)
+            else:
+                count = counts.clamp_min(1).to(W.dtype)
+                value, G = totals / count, W.div_(count[:, None])
+            if self.distance == "cosine": G.neg_()                      # t = 1 - D or -D
+        return with_gradient(value, G, D, z, r, self.distance, self.exact_distances)
 
     def triplet_sums(self, embeddings, labels):
-        "Per positive pair: summed triplet losses and non-zero count (eq. 8), plus the masks `P`, `Q`."
-        d = pair_distances(embeddings, self.normalize_embeddings, self.exact_distances)   # (N, N)
-        pos, neg = label_masks(labels)                                # (N, N) each
-        sums, k = triplet_margin_sums(d, pos, neg, self.margin)       # (N, N) each
+        """Per positive pair: summed triplet losses and non-zero count (eq. 8), and the
+        masks `P`, `Q`."""
+        # (N, N)
+        d = pair_distances(embeddings, self.normalize_embeddings, self.exact_distances)
+        pos, neg = label_masks(labels)                                 # (N, N) each
+        sums, k = triplet_margin_sums(d, pos, neg, self.margin)        # (N, N) each
         return sums, k, pos, neg
 
-    def compute(self, embeddings, labels):
-        d = pair_distances(embeddings, self.normalize_embeddings, self.exact_distances)   # (N, N)
-        total, count = triplet_margin_totals(d, *label_masks(labels), self.margin)      # eq. 10
-        return total / count.clamp_min(1)                             # eq. 6; 0 (on the graph) with no triplet
-
-    @torch.no_grad()
-    def active_ratio(self, embeddings, labels):
-        "Fraction of valid triplets with loss > 0."
-        check_embeddings_labels(embeddings, labels)
-        d = pair_distances(embeddings.to(compute_dtype(embeddings)), self.normalize_embeddings, self.exact_distances)
-        pos, neg = label_masks(labels)                                # (N, N) each
-        count = sorted_triplet_rows(d, pos, neg, self.margin)[-1].sum()   # triplets with loss > 0
-        n_triplets = (pos.sum(1) * neg.sum(1)).sum()                  # sum over anchors of |P_a| |Q_a|
-        return count / n_triplets.clamp_min(1)
+    def active_terms(self, embeddings, labels, **reference):
+        """Terms: the valid triplets; active: those with a non-zero loss. One byte per
+        triplet, `[N, M, M]` (pair (a, p) and the r-th negative of a): the loss itself
+        never forms them."""
+        _, _, _, t, same, has_self = self.prepare(embeddings, labels, **reference)
+        pos, neg = same.clone(), ~same
+        if has_self: self_pairs(pos).fill_(False)
+        # softplus > 0: all of them
+        if self.smooth_loss: k = pos * neg.sum(1, keepdim=True)
+        else: k = triplet_margin_sums(t, pos, neg, self.margin)[1]     # (N, M) k_ap
+        rank = torch.arange(same.shape[1], device=same.device)
+        terms = pos[:, :, None] & (rank < neg.sum(1)[:, None, None])
+        return rank < k[:, :, None], terms
 
 # %% ../nbs/11_pairs.ipynb #050e78b0
-def first_two_per_class(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "Masks `[N]` of the first sample of each class that has a second one (anchors) and of each class's second sample (positives)."
-    same = labels[:, None] == labels[None, :]                                  # (N, N)
-    earlier = torch.ones_like(same).tril(-1)                                    # (N, N) j < i
-    rank = (same & earlier).sum(1)                                              # (N,) r_i
-    has_second = ((rank == 1)[None, :] & same).any(1)                           # (N,) class of i has >= 2 samples
-    return (rank == 0) & has_second, rank == 1
+def first_two_indices(ids: torch.Tensor, num_classes: int):
+    """Per class id in `[0, num_classes)`: the positions of its first and second sample in
+    the batch, `[C]` each (clamped into range where absent), and whether it has both,
+    `[C]`. No host sync."""
+    n = len(ids)
+    where = torch.arange(n, device=ids.device)
+    absent = torch.full((num_classes,), n, dtype=torch.long, device=ids.device)
+    first = absent.scatter_reduce(0, ids, where, "amin")  # (C,) n if absent
+    # (N,) the firsts removed
+    later = torch.where(first.gather(0, ids) == where, n, where)
+    second = absent.scatter_reduce(0, ids, later, "amin")                # (C,)
+    return first.clamp_max(n - 1), second.clamp_max(n - 1), second < n
 
 class NPairsLoss(EmbeddingLoss):
-    "Multi-class N-pair loss of Sohn (2016) as in PML's `NPairsLoss`: one (first, second) pair per class, softmax over all pairs' positives (eq. 11)."
+    """Multi-class N-pair loss of Sohn (2016) as in PML's `NPairsLoss`: one (first,
+    second) pair per class, softmax over all pairs' positives (eq. 11), on the `K x K`
+    pairs only.
+
+    `num_classes`: labels are class ids in `[0, num_classes)` and nothing waits for the
+    device; without it, one `torch.unique` maps the labels. `reduction="none"`: `[N]`,
+    `l_c` at each class's anchor and 0 elsewhere, so that the default (`"mean"`) is their
+    sum divided by the number of pairs K. No reference set: the pairs are chosen by batch
+    order (PML takes none either)."""
     def __init__(self,
-                 normalize_embeddings: bool = True,  # cosine similarities (PML's DotProductSimilarity default)
-                 active_tol: float = 0.01,           # a pair is active when 1 - exp(-l_c) > active_tol
+                 normalize_embeddings: bool = True,  # cosine similarities (PML's default)
+                 active_tol: float = 0.01,  # active when 1 - exp(-l_c) > active_tol
+                 num_classes: int | None = None,     # class ids in [0, C): no host sync
+                 reduction: str = "mean",  # or "none": one loss per sample, `[N]`
                 ):
         super().__init__()
         self.normalize_embeddings = normalize_embeddings
         self.active_tol = check_number("active_tol", active_tol, minimum=0)
+        if num_classes is not None and (isinstance(num_classes, bool)
+                                        or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"`num_classes` must be a positive int or None; "
+                             f"got {num_classes!r}.")
+        self.num_classes = num_classes
+        self.reduction = check_choice("reduction", reduction, ("mean", "none"))
+
+    def check_inputs(self, embeddings, labels):
+        super().check_inputs(embeddings, labels)
+        if self.num_classes is not None:
+            check_class_ids(labels, self.num_classes, "NPairsLoss")
 
     def pair_losses(self, embeddings, labels):
-        "`l_c` of eq. 11 on each anchor row, `[N]` (0 elsewhere), and the anchor mask."
-        z = F.normalize(embeddings, p=2, dim=1) if self.normalize_embeddings else embeddings   # (N, d)
-        anchor, positive = first_two_per_class(labels)                                         # (N,) each
-        s = z @ z.T                                                                             # (N, N) s_ij
-        target = positive[None, :] & (labels[:, None] == labels[None, :])                      # (N, N) j = p(i)
-        lse = torch.logsumexp(s.masked_fill(~positive[None, :], torch.finfo(s.dtype).min), 1)   # (N,)
-        s_target = torch.where(target, s, torch.zeros_like(s)).sum(1)                          # (N,) s_{a p(a)}
-        return torch.where(anchor, lse - s_target, torch.zeros_like(lse)), anchor
+        """`l_c` of eq. 11 per class `[C]` (0 without a pair), the anchors' positions, the
+        pair mask."""
+        if self.num_classes is not None: ids, n_classes = labels.long(), self.num_classes
+        else:                                                            # one host sync
+            classes, ids = torch.unique(labels, return_inverse=True)
+            n_classes = len(classes)
+        first, second, valid = first_two_indices(ids, n_classes)         # (C,) each
+        z = F.normalize(embeddings, dim=1) if self.normalize_embeddings else embeddings
+        s = z[first] @ z[second].T  # (C, C) s_{a_c p_c'}
+        lse = masked_logsumexp(s, valid[None, :].expand_as(s))           # (C,)
+        return (lse - s.diagonal()).mul(valid), first, valid             # (C,) eq. 11
 
     def compute(self, embeddings, labels):
-        l, anchor = self.pair_losses(embeddings, labels)
-        return l.sum() / anchor.sum().clamp_min(1).to(l.dtype)        # mean over the K pairs; 0 if K = 0
+        l, first, valid = self.pair_losses(embeddings, labels)
+        if self.reduction == "none":  # l_c at the anchors
+            return l.new_zeros(len(labels)).index_add(0, first, l)
+        return l.sum() / valid.sum().clamp_min(1).to(l.dtype)  # mean over the K pairs
 
-    @torch.no_grad()
-    def active_ratio(self, embeddings, labels):
-        "Fraction of the K pairs with `1 - exp(-l_c) > active_tol` (the positive's softmax probability is below 1 - tol)."
-        check_embeddings_labels(embeddings, labels)
-        l, anchor = self.pair_losses(embeddings.to(compute_dtype(embeddings)), labels)
-        return ((1 - torch.exp(-l) > self.active_tol) & anchor).sum() / anchor.sum().clamp_min(1)
+    def active_terms(self, embeddings, labels):
+        """Terms: the K pairs; active: those whose positive has probability below `1 -
+        active_tol`."""
+        l, _, valid = self.pair_losses(embeddings, labels)
+        return (1 - torch.exp(-l)) > self.active_tol, valid

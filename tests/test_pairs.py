@@ -12,12 +12,13 @@ from hypothesis import given, settings, strategies as st
 from torch.testing import assert_close
 
 import pytorch_metric_learning.losses as pml_losses  # a test dependency: a broken install fails, not skips
-from pytorch_metric_learning.distances import DotProductSimilarity, LpDistance  # noqa: E402
+from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity, LpDistance  # noqa: E402
 
 from structloss.geometry import label_masks  # noqa: E402
 from structloss.pairs import (ContrastiveLoss, NPairsLoss, TripletMarginLoss, avg_non_zero,  # noqa: E402
-                              first_two_per_class, pair_distances, tie_break_key, triplet_margin_sums,
-                              triplet_margin_totals)
+                              first_two_indices, pair_distances, smooth_triplet_weights,
+                              tie_break_key, triplet_margin_sums, triplet_margin_totals,
+                              triplet_margin_weights)
 
 
 # ---------------------------------------------------------------- batches
@@ -38,12 +39,13 @@ def random_batch(seed, n=20, n_classes=5, dim=6, dtype=torch.float64):
 
 
 BATCHES = [awkward_batch(s) for s in range(3)] + [random_batch(s) for s in range(3)]
+REFERENCES = [awkward_batch(s + 10) for s in range(3)] + [random_batch(s + 10, n=15) for s in range(3)]
 
 
 def value_and_grad(loss_fn, x, y):
     x = x.clone().requires_grad_()
     value = loss_fn(x, y)
-    value.backward()
+    value.sum().backward()
     return value.detach(), x.grad
 
 
@@ -272,9 +274,9 @@ def test_npairs_matches_pml_and_loop(batch):
 
 
 def test_npairs_pairs_are_first_and_second_of_each_class():
-    anchor, positive = first_two_per_class(torch.tensor([4, 4, 1, 4, 9, 1, 2]))
-    assert anchor.tolist() == [True, False, True, False, False, False, False]
-    assert positive.tolist() == [False, True, False, False, False, True, False]
+    first, second, valid = first_two_indices(torch.tensor([4, 4, 1, 4, 9, 1, 2]), 10)
+    assert valid.nonzero().flatten().tolist() == [1, 4]
+    assert first[valid].tolist() == [2, 0] and second[valid].tolist() == [5, 1]
 
 
 # ---------------------------------------------------------------- shared behaviour
@@ -342,8 +344,8 @@ def test_active_ratios_follow_their_definitions():
     valid = pos[:, :, None] & neg[:, None, :]
     want = (((d[:, :, None] - d[:, None, :] + 0.05) > 0) & valid).sum().item() / valid.sum().item()
     assert abs(TripletMarginLoss().active_ratio(x, y).item() - want) < 1e-6
-    l, anchor = NPairsLoss().pair_losses(x, y)
-    want = ((1 - torch.exp(-l[anchor])) > 0.01).double().mean().item()
+    l, _, valid = NPairsLoss().pair_losses(x, y)
+    want = ((1 - torch.exp(-l[valid])) > 0.01).double().mean().item()
     assert abs(NPairsLoss().active_ratio(x, y).item() - want) < 1e-6
 
 
@@ -364,3 +366,246 @@ def test_avg_non_zero():
     losses = torch.tensor([0.0, 0.2, 0.0, 0.4, 9.0])
     assert abs(avg_non_zero(losses, torch.tensor([True, True, True, True, False])).item() - 0.3) < 1e-7
     assert avg_non_zero(losses, torch.zeros(5, dtype=torch.bool)).item() == 0.0
+
+
+
+# ---------------------------------------------------------------- options (PML's semantics)
+def dist(u, v, distance):
+    if distance == "cosine":
+        return u @ v
+    d = (u - v).norm()
+    return d * d if distance == "squared_euclidean" else d
+
+
+def contrastive_loop_opts(x, y, pos_margin=0.0, neg_margin=1.0, distance="euclidean", ref=None,
+                          per_sample=False):
+    "Eqs. 3-4 with a distance choice, a reference set and per-anchor losses, one pair at a time."
+    z = F.normalize(x, dim=1)
+    r, ry = (z, y) if ref is None else (F.normalize(ref[0], dim=1), ref[1])
+    flip = distance == "cosine"
+    pos, neg = [[] for _ in z], [[] for _ in z]
+    for i in range(len(z)):
+        for j in range(len(r)):
+            if ref is None and i == j:
+                continue
+            d = dist(z[i], r[j], distance)
+            if y[i] == ry[j]:
+                pos[i].append(torch.relu(pos_margin - d if flip else d - pos_margin))
+            else:
+                neg[i].append(torch.relu(d - neg_margin if flip else neg_margin - d))
+
+    def avg_nz(terms):
+        nz = [t for t in terms if t > 0]
+        return sum(nz) / len(nz) if nz else x.sum() * 0
+    if per_sample:
+        return torch.stack([avg_nz(p) + avg_nz(n) for p, n in zip(pos, neg)])
+    return avg_nz([t for p in pos for t in p]) + avg_nz([t for n in neg for t in n])
+
+
+def triplet_loop_opts(x, y, margin=0.05, distance="euclidean", smooth=False, ref=None,
+                      per_sample=False):
+    z = F.normalize(x, dim=1)
+    r, ry = (z, y) if ref is None else (F.normalize(ref[0], dim=1), ref[1])
+    terms = [[] for _ in z]
+    for a in range(len(z)):
+        for p in range(len(r)):
+            if (ref is None and p == a) or ry[p] != y[a]:
+                continue
+            for n in range(len(r)):
+                if ry[n] == y[a]:
+                    continue
+                d_ap, d_an = dist(z[a], r[p], distance), dist(z[a], r[n], distance)
+                v = (d_an - d_ap if distance == "cosine" else d_ap - d_an) + margin
+                loss = F.softplus(v) if smooth else torch.relu(v)
+                if loss > 0:
+                    terms[a].append(loss)
+    if per_sample:
+        return torch.stack([sum(t) / len(t) if t else x.sum() * 0 for t in terms])
+    flat = [t for ts in terms for t in ts]
+    return sum(flat) / len(flat) if flat else x.sum() * 0
+
+
+PML_DISTANCE = {"euclidean": {}, "squared_euclidean": {"distance": LpDistance(power=2)},
+                "cosine": {"distance": CosineSimilarity()}}
+CONTRASTIVE_OPTIONS = [dict(), dict(distance="squared_euclidean", neg_margin=1.5),
+                       dict(distance="cosine", pos_margin=0.9, neg_margin=0.2),
+                       dict(distance="cosine", pos_margin=1.0, neg_margin=0.0)]
+TRIPLET_OPTIONS = [dict(), dict(distance="squared_euclidean", margin=0.2), dict(distance="cosine"),
+                   dict(distance="cosine", margin=0.3), dict(smooth_loss=True),
+                   dict(smooth_loss=True, distance="cosine", margin=0.1),
+                   dict(smooth_loss=True, distance="squared_euclidean")]
+
+
+def pml_contrastive(kw):
+    ours = ContrastiveLoss(**kw)
+    return pml_losses.ContrastiveLoss(ours.pos_margin, ours.neg_margin, **PML_DISTANCE[ours.distance])
+
+
+def pml_triplet(kw):
+    ours = TripletMarginLoss(**kw)
+    return pml_losses.TripletMarginLoss(margin=ours.margin, smooth_loss=ours.smooth_loss,
+                                        **PML_DISTANCE[ours.distance])
+
+
+def ref_call(fn, ref):
+    return lambda e, l: fn(e, l, ref_emb=ref[0], ref_labels=ref[1])
+
+
+@pytest.mark.parametrize("batch", range(len(BATCHES)))
+@pytest.mark.parametrize("kw", CONTRASTIVE_OPTIONS, ids=str)
+def test_contrastive_options_match_pml_and_loop(batch, kw):
+    x, y = BATCHES[batch]
+    assert_same(ContrastiveLoss(**kw), pml_contrastive(kw), x, y)
+    assert_same(ContrastiveLoss(**kw), lambda e, l: contrastive_loop_opts(e, l, **kw), x, y)
+    ref = REFERENCES[batch]                                   # another batch as the reference set
+    assert_same(ref_call(ContrastiveLoss(**kw), ref), ref_call(pml_contrastive(kw), ref), x, y)
+    assert_same(ref_call(ContrastiveLoss(**kw), ref),
+                lambda e, l: contrastive_loop_opts(e, l, **kw, ref=ref), x, y)
+
+
+@pytest.mark.parametrize("batch", range(len(BATCHES)))
+@pytest.mark.parametrize("kw", TRIPLET_OPTIONS, ids=str)
+def test_triplet_options_match_pml_and_loop(batch, kw):
+    x, y = BATCHES[batch]
+    assert_same(TripletMarginLoss(**kw), pml_triplet(kw), x, y)
+    loop_kw = dict(margin=kw.get("margin", 0.05), distance=kw.get("distance", "euclidean"),
+                   smooth=kw.get("smooth_loss", False))
+    assert_same(TripletMarginLoss(**kw), lambda e, l: triplet_loop_opts(e, l, **loop_kw), x, y)
+    ref = REFERENCES[batch]
+    assert_same(ref_call(TripletMarginLoss(**kw), ref), ref_call(pml_triplet(kw), ref), x, y)
+    assert_same(ref_call(TripletMarginLoss(**kw), ref),
+                lambda e, l: triplet_loop_opts(e, l, **loop_kw, ref=ref), x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("which", ["contrastive", "triplet"])
+def test_options_match_pml_in_lower_precision(dtype, which):
+    "PML's own tests run float16/32/64; inputs in lower precision give our float32 result, PML's."
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(20, 8, generator=g), torch.randint(0, 4, (20,), generator=g)
+    r, ry = torch.randn(15, 8, generator=g), torch.randint(0, 4, (15,), generator=g)
+    options = CONTRASTIVE_OPTIONS if which == "contrastive" else TRIPLET_OPTIONS
+    for kw in options:
+        ours = (ContrastiveLoss if which == "contrastive" else TripletMarginLoss)(**kw)
+        theirs = pml_contrastive(kw) if which == "contrastive" else pml_triplet(kw)
+        xs, rs = x.to(dtype).float(), r.to(dtype).float()   # PML computes in float32 here
+        for call in (lambda f, e: f(e, y), lambda f, e: f(e, y, ref_emb=rs, ref_labels=ry)):
+            a, b = x.to(dtype).clone().requires_grad_(), xs.clone().requires_grad_()
+            va, vb = call(ours, a), call(theirs, b)
+            assert va.dtype == dtype
+            va.float().backward(), vb.backward()
+            tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+            assert_close(va.float(), vb, **tol)
+            assert_close(a.grad.float(), b.grad, **({**tol, "atol": 1e-2} if dtype == torch.float16
+                                                     else tol))
+
+
+@pytest.mark.parametrize("loss", [ContrastiveLoss(), ContrastiveLoss(distance="cosine", pos_margin=1.0),
+                                  TripletMarginLoss(), TripletMarginLoss(smooth_loss=True),
+                                  TripletMarginLoss(distance="squared_euclidean"),
+                                  ContrastiveLoss(reduction="none"), TripletMarginLoss(reduction="none")],
+                         ids=lambda l: f"{type(l).__name__}-{l.distance}-{l.reduction}")
+def test_batch_as_its_own_reference_equals_plain_call(loss):
+    x, y = BATCHES[0]
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    plain, with_self = loss(a, y), loss(b, y, ref_emb=b, ref_labels=y, self_in_ref=True)
+    plain.sum().backward()
+    with_self.sum().backward()
+    assert_close(with_self, plain, rtol=1e-10, atol=1e-12)
+    assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_reference_gradient_flows_into_the_reference_unless_detached():
+    x, y = BATCHES[1]
+    r, ry = REFERENCES[1]
+    for loss in (ContrastiveLoss(), TripletMarginLoss(), TripletMarginLoss(smooth_loss=True)):
+        a, m = x.clone().requires_grad_(), r.clone().requires_grad_()
+        loss(a, y, ref_emb=m, ref_labels=ry).backward()
+        assert m.grad.abs().max() > 0 and torch.isfinite(m.grad).all()
+        a.grad = None
+        loss(a, y, ref_emb=r, ref_labels=ry).backward()          # a memory: detached rows
+        assert torch.isfinite(a.grad).all()
+    g = torch.Generator().manual_seed(2)
+    xs, ys = torch.randn(8, 3, dtype=torch.float64, generator=g), torch.tensor([0, 0, 1, 1, 1, 2, 5, 5])
+    rs, rys = torch.randn(6, 3, dtype=torch.float64, generator=g), torch.tensor([0, 1, 1, 2, 2, 7])
+    for loss in (ContrastiveLoss(neg_margin=1.2), TripletMarginLoss(margin=0.2),
+                 TripletMarginLoss(smooth_loss=True), ContrastiveLoss(reduction="none")):
+        assert torch.autograd.gradcheck(lambda e, f: loss(e, ys, ref_emb=f, ref_labels=rys),
+                                        (xs.clone().requires_grad_(), rs.clone().requires_grad_()))
+
+
+@pytest.mark.parametrize("cls, kw", [(ContrastiveLoss, dict(pos_margin=-1.0, neg_margin=3.0)),
+                                     (TripletMarginLoss, dict(margin=2.5)),
+                                     (TripletMarginLoss, dict(smooth_loss=True))])
+def test_reduction_none_relation_to_the_default(cls, kw):
+    "All terms active and classes balanced: the default (pooled) reduction is the mean per anchor."
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(12, 4, generator=g, dtype=torch.float64), torch.arange(12) % 3
+    assert_close(cls(**kw)(x, y), cls(**kw, reduction="none")(x, y).mean())
+    x, y = awkward_batch(0)                                   # in general it is not
+    per = cls(reduction="none")(x, y)
+    assert per.shape == (len(y),) and (cls()(x, y) - per.mean()).abs() > 1e-6
+
+
+def test_npairs_reduction_none_and_num_classes():
+    for x, y in BATCHES:
+        ids = torch.unique(y, return_inverse=True)[1]
+        per = NPairsLoss(reduction="none")(x, y)
+        _, _, valid = NPairsLoss().pair_losses(x, y)
+        assert_close(NPairsLoss()(x, y), per.sum() / valid.sum().clamp_min(1))   # default = sum / K
+        assert_same(NPairsLoss(reduction="none"), lambda e, l: npairs_per_sample(e, l), x, y)
+        assert_same(NPairsLoss(num_classes=int(ids.max()) + 3), pml_losses.NPairsLoss(), x, ids)
+
+
+def npairs_per_sample(x, y):
+    z = F.normalize(x, dim=1)
+    members = {}
+    for i, c in enumerate(y.tolist()):
+        members.setdefault(c, []).append(i)
+    pairs = [(m[0], m[1]) for m in members.values() if len(m) >= 2]
+    out = [x.sum() * 0 for _ in z]
+    for a, p in pairs:
+        out[a] = torch.logsumexp(torch.stack([z[a] @ z[q] for _, q in pairs]), 0) - z[a] @ z[p]
+    return torch.stack(out)
+
+
+def test_smooth_blocks_do_not_change_the_result():
+    x, y = BATCHES[3]
+    d, same = pair_distances(x), y[:, None] == y[None, :]
+    whole = smooth_triplet_weights(d, same, 0.05, True)
+    for block in (1, 7 * 400, 20 * 20 * 3):
+        for u, v in zip(whole, smooth_triplet_weights(d, same, 0.05, True, block=block)):
+            assert_close(u, v)
+
+
+def test_weights_are_the_derivative_of_the_totals():
+    x, y = BATCHES[4]
+    pos, neg = label_masks(y)
+    for m in (0.05, 0.0, -0.3, 0.8):
+        d = pair_distances(x).requires_grad_()
+        total, count = triplet_margin_totals(d, pos, neg, m)
+        total.backward()
+        totals, counts, W = triplet_margin_weights(d.detach(), ~neg, m, has_self=True)
+        assert counts.sum() == count
+        assert_close(totals.sum(), total.detach())
+        assert_close(W, d.grad)
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="`distance` must be one of"):
+        ContrastiveLoss(distance="manhattan")
+    with pytest.raises(ValueError, match="`distance` must be one of"):
+        TripletMarginLoss(distance="lp")
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        TripletMarginLoss(reduction="mean")
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        NPairsLoss(reduction="sum")
+    with pytest.raises(ValueError, match="cosine"):
+        ContrastiveLoss(distance="cosine", normalize_embeddings=False)
+    with pytest.raises(ValueError, match="num_classes"):
+        NPairsLoss(num_classes=2)(torch.randn(3, 2), torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match="reference set"):
+        NPairsLoss()(torch.randn(3, 2), torch.tensor([0, 0, 1]), ref_emb=torch.randn(3, 2),
+                     ref_labels=torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="go together"):
+        TripletMarginLoss()(torch.randn(3, 2), torch.tensor([0, 0, 1]), ref_emb=torch.randn(3, 2))
