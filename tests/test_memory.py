@@ -96,7 +96,7 @@ def test_active_ratio_leaves_the_memory_alone_and_errors():
     with pytest.raises(ValueError, match="embedding_size"):
         mem(torch.randn(4, D + 1), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="memory_size"):
-        CrossBatchMemory(PMLContrastiveWithReference(), D, 0)
+        CrossBatchMemory(PMLContrastiveWithReference(), D, -1)
     if not SoftSilhouetteLoss.supports_reference:
         with pytest.raises(TypeError, match="reference set"):
             CrossBatchMemory(SoftSilhouetteLoss(), D)
