@@ -477,7 +477,7 @@ def global_batch_worker(
     views: int = 1,
     wrapper=GlobalBatchLoss,
 ) -> dict:
-    "On one rank: `wrapper(loss)` on its rows under DDP: value, embedding and weight grads."
+    "On one rank: `wrapper(loss)` on its rows under DDP: value, embedding, weight grads."
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     net = _LossNet(x.shape[1], d, wrapper(loss), views)

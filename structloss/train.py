@@ -1,6 +1,7 @@
 """One training loop for every experiment in the book — any objective, class-balanced or shuffled batches,
-one or two views, early stopping, a per-epoch history, checkpoints — and the evaluation every chapter
-reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and the silhouette.
+one or two views, early stopping, a per-epoch history, checkpoints, several processes — and the
+evaluation every chapter reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and
+the silhouette.
 
 Docs: https://structloss.github.io/structloss/train.html.md"""
 
