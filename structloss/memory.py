@@ -37,7 +37,10 @@ class CrossBatchMemory(torch.nn.Module):
                 f"`loss` must take a reference set (`supports_reference = True`, "
                 f"`loss(x, y, ref_emb=, ref_labels=)`); {type(loss).__name__} does not."
             )
-        for name, v, lo in (("embedding_size", embedding_size, 1), ("memory_size", memory_size, 0)):
+        for name, v, lo in (
+            ("embedding_size", embedding_size, 1),
+            ("memory_size", memory_size, 0),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"`{name}` must be an int >= {lo}; got {v!r}.")
         self.loss, self.embedding_size, self.memory_size = (
@@ -46,7 +49,9 @@ class CrossBatchMemory(torch.nn.Module):
             memory_size,
         )
         self.detach_batch, self.track_active = bool(detach_batch), bool(track_active)
-        self.register_buffer("embedding_memory", torch.zeros(memory_size, embedding_size))
+        self.register_buffer(
+            "embedding_memory", torch.zeros(memory_size, embedding_size)
+        )
         self.register_buffer("label_memory", torch.zeros(memory_size, dtype=torch.long))
         # host integers: no device read to find the rows
         self.position, self.filled = 0, 0
@@ -75,7 +80,8 @@ class CrossBatchMemory(torch.nn.Module):
         self._check(embeddings, labels)
         n, M = len(embeddings), self.memory_size
         batch = embeddings.detach() if self.detach_batch else embeddings
-        if M == 0: return batch, labels
+        if M == 0:
+            return batch, labels
         k = min(self.filled, M - n)  # rows kept after enqueueing
         rows = (self.position - k + torch.arange(k, device=embeddings.device)) % M
         memory = self.embedding_memory.to(embeddings.dtype).index_select(0, rows)
@@ -93,7 +99,8 @@ class CrossBatchMemory(torch.nn.Module):
     def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         "Write the batch over the oldest rows."
         n, M = len(embeddings), self.memory_size
-        if M == 0: return
+        if M == 0:
+            return
         if self.embedding_memory.dtype != embeddings.dtype:  # e.g. float64 checks
             self.embedding_memory = self.embedding_memory.to(embeddings.dtype)
         slots = (self.position + torch.arange(n, device=embeddings.device)) % M
@@ -135,9 +142,12 @@ class CrossBatchMemory(torch.nn.Module):
 
     def extra_logs(self) -> dict:
         "What an `Objective` logs beside the loss: the last active ratio."
-        if self.last_active is None: return {}
-        return {"active": self.last_active,
-                "active_per_anchor": self.last_active * self.last_reference_rows}
+        if self.last_active is None:
+            return {}
+        return {
+            "active": self.last_active,
+            "active_per_anchor": self.last_active * self.last_reference_rows,
+        }
 
     def get_extra_state(self) -> dict:
         return {"position": self.position, "filled": self.filled}
@@ -149,33 +159,57 @@ class CrossBatchMemory(torch.nn.Module):
         return f"embedding_size={self.embedding_size}, memory_size={self.memory_size}"
 
 # %% ../nbs/42_memory.ipynb #b779ab6b
-def memory_loss(loss: str = "ContrastiveLoss", # a structloss loss that takes a reference set
-                embedding_size: int = 128,      # filled in from the model by `build_objective`
-                memory_size: int = 1024,        # rows of the queue (0: the batch alone)
-                track_active: bool = True,      # log the active ratio of every step
-                **loss_kwargs) -> CrossBatchMemory:
+def memory_loss(
+    loss: str = "ContrastiveLoss",  # a structloss loss that takes a reference set
+    embedding_size: int = 128,  # filled in from the model by `build_objective`
+    memory_size: int = 1024,  # rows of the queue (0: the batch alone)
+    track_active: bool = True,  # log the active ratio of every step
+    **loss_kwargs,
+) -> CrossBatchMemory:
     "`CrossBatchMemory` around the loss named `loss`: for experiment specs."
     from structloss.experiments import resolve_loss
-    return CrossBatchMemory(resolve_loss(loss)(**loss_kwargs), embedding_size, memory_size,
-                            track_active=track_active)
+
+    return CrossBatchMemory(
+        resolve_loss(loss)(**loss_kwargs),
+        embedding_size,
+        memory_size,
+        track_active=track_active,
+    )
+
 
 MEMORY_SIZES = (0, 128, 512, 1024)
 
+
 def _memory_experiment(size: int) -> Experiment:
     return Experiment(
-        f"xbm_contrastive_digits_m{size}", "digits",
-        objective={"terms": {"contrastive": {"loss": "structloss.memory.memory_loss",
-                                             "kwargs": {"memory_size": size}}},
-                   "ce_weight": 0.0},
+        f"xbm_contrastive_digits_m{size}",
+        "digits",
+        objective={
+            "terms": {
+                "contrastive": {
+                    "loss": "structloss.memory.memory_loss",
+                    "kwargs": {"memory_size": size},
+                }
+            },
+            "ce_weight": 0.0,
+        },
         model={"encoder": "mlp", "embedding_dim": 32, "classifier": False},
         train={"epochs": 10, "batch_size": 32, "lr": 1e-3, "scheduler": None},
         seeds=(0, 1, 2, 3, 4),
-        profiles={"smoke": {"train": {"epochs": 1}, "seeds": (0, 1)},
-                  "colab": {"train": {"epochs": 30}}},
+        profiles={
+            "smoke": {"train": {"epochs": 1}, "seeds": (0, 1)},
+            "colab": {"train": {"epochs": 30}},
+        },
         evaluation={"recall_k": (1,)},
-        description=f"Contrastive loss alone with a cross-batch memory of {size} rows.")
+        description=f"Contrastive loss alone with a cross-batch memory of {size} rows.",
+    )
 
-MEMORY_EXPERIMENTS = [register_experiment(_memory_experiment(m), overwrite=True)
-                      for m in MEMORY_SIZES]
-register_suite("xbm_digits", [e.name for e in MEMORY_EXPERIMENTS],
-               "Cross-batch memory sizes 0-1024 with the contrastive loss on digits.")
+
+MEMORY_EXPERIMENTS = [
+    register_experiment(_memory_experiment(m), overwrite=True) for m in MEMORY_SIZES
+]
+register_suite(
+    "xbm_digits",
+    [e.name for e in MEMORY_EXPERIMENTS],
+    "Cross-batch memory sizes 0-1024 with the contrastive loss on digits.",
+)
