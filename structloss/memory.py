@@ -208,7 +208,7 @@ def _memory_experiment(size: int) -> Experiment:
 MEMORY_EXPERIMENTS = [
     register_experiment(_memory_experiment(m), overwrite=True) for m in MEMORY_SIZES
 ]
-register_suite(
+_ = register_suite(
     "xbm_digits",
     [e.name for e in MEMORY_EXPERIMENTS],
     "Cross-batch memory sizes 0-1024 with the contrastive loss on digits.",
