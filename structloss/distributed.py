@@ -423,17 +423,19 @@ def run_on_ranks(
 
     if not (isinstance(world_size, int) and world_size >= 1):
         raise ValueError(f"`world_size` must be an int >= 1; got {world_size!r}.")
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(
-            _rank_main,
-            args=(world_size, _free_port(), backend, fn, tuple(args), out_dir),
-            nprocs=world_size,
-            join=True,
-        )
-        return [
-            torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
-            for r in range(world_size)
-        ]
+    quiet = {"TORCH_CPP_LOG_LEVEL": "ERROR"}   # no C++ notices (DDP's) from the new processes
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    try:
+        with tempfile.TemporaryDirectory() as out_dir:
+            mp.spawn(_rank_main, args=(world_size, _free_port(), backend, fn, tuple(args),
+                                       out_dir), nprocs=world_size, join=True)
+            return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
+                    for r in range(world_size)]
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 # %% ../nbs/41_distributed.ipynb #7901f154
 class _LossNet(torch.nn.Module):
