@@ -423,7 +423,7 @@ def run_on_ranks(
 
     if not (isinstance(world_size, int) and world_size >= 1):
         raise ValueError(f"`world_size` must be an int >= 1; got {world_size!r}.")
-    quiet = {"TORCH_CPP_LOG_LEVEL": "ERROR"}   # no C++ notices (DDP's) from the new processes
+    quiet = {"TORCH_CPP_LOG_LEVEL": "ERROR"}  # no C++ notices (DDP) in the new processes
     saved = {k: os.environ.get(k) for k in quiet}
     os.environ.update(quiet)
     try:
