@@ -225,8 +225,10 @@ class EmbeddingLoss(torch.nn.Module):
         with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
             z, ref = self.cast(embeddings, ref)
             active, terms = self.active_terms(z, labels, *args, **ref, **kwargs)
+        if active.dtype != torch.bool:   # counts of one shape, where the terms are too many to list
+            return active.sum().float() / terms.sum().clamp_min(1).float()
         return (active & terms).sum().float() / terms.sum().clamp_min(1).float()
 
     def active_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs):
-        "Boolean masks `(active, terms)` of one shape: the loss's terms, and those that carry gradient."
+        "`(active, terms)`: boolean masks of one shape (the terms, those carrying gradient), or counts."
         raise NotImplementedError(f"{type(self).__name__} does not define `active_terms` yet.")

@@ -8,7 +8,7 @@ Docs: https://structloss.github.io/structloss/geometry.html.md"""
 # %% ../nbs/01_geometry.ipynb #cde8d7c0
 from __future__ import annotations
 import torch
-from .core import check_embeddings, check_labels, compute_dtype
+from .core import check_class_ids, check_embeddings, check_labels, compute_dtype
 
 # %% auto #0
 __all__ = ['METRICS', 'check_metric', 'safe_sqrt', 'safe_normalize', 'cosine_distances', 'squared_euclidean_distances',
@@ -32,8 +32,8 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/01_geometry.ipynb #65a90b9f
 def safe_normalize(x: torch.Tensor) -> torch.Tensor:
     "Rows of `x` scaled to unit norm; a zero row stays zero, with a zero gradient."
-    norm = safe_sqrt((x * x).sum(1, keepdim=True))
-    return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    norm = safe_sqrt((x * x).sum(1, keepdim=True))                     # (N, 1)
+    return x / torch.where(norm > 0, norm, torch.inf)                    # x / inf = 0: a zero row
 
 # %% ../nbs/01_geometry.ipynb #b0da3211
 def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,9 +88,7 @@ def class_index(labels: torch.Tensor, num_classes: int | None = None) -> tuple[t
     if num_classes is None:
         classes, ids = torch.unique(labels, return_inverse=True)
         return ids, len(classes)
-    if labels.device.type == "cpu" and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"`labels` must lie in [0, num_classes={num_classes}) when `num_classes` is given; "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]. Pass num_classes=None to remap them.")
+    check_class_ids(labels, num_classes, "class_index")   # reads values on CPU only
     return labels.long(), num_classes
 
 def class_counts(ids: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:

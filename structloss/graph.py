@@ -10,80 +10,180 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn.functional as F
-from .core import EmbeddingLoss, check_embeddings_labels, check_number, compute_dtype
+from .core import EmbeddingLoss, check_choice, check_number
 from .geometry import squared_euclidean_distances, safe_sqrt
 
 # %% auto #0
-__all__ = ['SYMMETRIZATIONS', 'knn_graph', 'similarity_weights', 'GraphSmoothnessLoss']
+__all__ = ['SYMMETRIZATIONS', 'GRAPH_REDUCTIONS', 'kth_smallest', 'directed_knn', 'knn_graph', 'similarity_weights',
+           'pair_sq_distances', 'CrossClassKernel', 'GraphSmoothnessLoss']
 
 # %% ../nbs/15_graph.ipynb #3b5ce58e
 SYMMETRIZATIONS = ("or", "and", "none")
+GRAPH_REDUCTIONS = ("sum", "mean", "none")
+
+def kth_smallest(d: torch.Tensor, k: int) -> torch.Tensor:
+    "The k-th smallest entry of each row of `d`: `topk` for small k (faster), `kthvalue`."
+    if k <= 128: return d.topk(k, dim=1, largest=False).values[:, -1]
+    return d.kthvalue(k, dim=1).values
+
+def directed_knn(sq_distances: torch.Tensor, k: int,
+                 itself: torch.Tensor | None = None) -> torch.Tensor:
+    "`[N, M]` boolean: column j is among row i's `k` nearest (ties kept; never `itself`)."
+    d = sq_distances.detach()
+    if itself is not None: d = d.masked_fill(itself, math.inf)   # self never a neighbour
+    d_k = kth_smallest(d, k)                                     # (N,) per row
+    return d <= d_k[:, None]                                     # (N, M) ties at d_k kept
 
 def knn_graph(sq_distances: torch.Tensor, k: int, symmetrize: str = "or") -> torch.Tensor:
-    "Boolean `[N, N]` kNN adjacency from squared distances (detached): ties at the k-th distance kept, no self-loops."
+    "Boolean `[N, N]` kNN adjacency from squared distances: ties kept, no self-loops."
     N = sq_distances.shape[0]
-    eye = torch.eye(N, dtype=torch.bool, device=sq_distances.device)
-    d = sq_distances.detach().masked_fill(eye, math.inf)                 # (N, N) self never a neighbour
-    d_k = d.kthvalue(k, dim=1).values                                    # (N,)   k-th smallest distance per row
-    A = d <= d_k[:, None]                                                # (N, N) nu in kNN(mu), ties included
+    itself = torch.eye(N, dtype=torch.bool, device=sq_distances.device)
+    A = directed_knn(sq_distances, k, itself)
     if symmetrize == "or": return A | A.T
     if symmetrize == "and": return A & A.T
     return A
 
-def similarity_weights(embeddings: torch.Tensor, alpha: float = 2.0, squared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    "Kernel weights `exp(-alpha * ||f_mu - f_nu||)` of eq. 1 for all pairs `[N, N]`, and the squared distances."
+def similarity_weights(embeddings: torch.Tensor, alpha: float = 2.0,
+                       squared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    "Weights `exp(-alpha * ||f_mu - f_nu||)` of eq. 1 `[N, N]`, and squared distances."
     sq = squared_euclidean_distances(embeddings)                         # (N, N)
     sq = sq.masked_fill(torch.eye(len(sq), dtype=torch.bool, device=sq.device), 0)
-    dist = sq if squared else safe_sqrt(sq)                              # gradient 0, not nan, at distance 0
+    dist = sq if squared else safe_sqrt(sq)                # gradient 0, not nan, at 0
     return torch.exp(-alpha * dist), sq
+
+# %% ../nbs/15_graph.ipynb #3e7efc5c
+def pair_sq_distances(z: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    "Squared distances `[N, M]` (no gradient, clamped at 0) and the shifted rows used."
+    with torch.no_grad():
+        shift = z.mean(0, keepdim=True).round()    # changes no distance; an integer
+        zs = z - shift                              # shift keeps integer ties exact
+        rs = zs if r is z else r - shift
+        norms = (zs * zs).sum(1)[:, None] + (rs * rs).sum(1)[None, :]
+        sq = torch.addmm(norms, zs, rs.T, alpha=-2)
+        return sq.clamp_min_(0), zs, rs
+
+class CrossClassKernel(torch.autograd.Function):
+    "Row sums `[N]` of `exp(-alpha * dist) * mask`, with a hand-written backward (eq. 3)."
+    @staticmethod
+    def forward(ctx, z, r, sq, mask, alpha: float, squared: bool, symmetric: bool,
+                zs, rs):
+        dist = sq if squared else sq.sqrt()                         # (N, M)
+        W = torch.exp(dist * -alpha).mul_(mask)                     # eq. 1 on the terms
+        if squared: H = W                                           # dW/dsq = -alpha W
+        else: H = (W * dist.reciprocal_()).nan_to_num_(0, 0, 0)    # W / dist; 0 at 0
+        ctx.save_for_backward(H, zs, rs)
+        ctx.scale, ctx.symmetric = -alpha if squared else -alpha / 2, symmetric
+        return W.sum(1)
+
+    @staticmethod
+    def backward(ctx, g_rows):
+        H, zs, rs = ctx.saved_tensors
+        G = H * (g_rows[:, None] * ctx.scale)                       # (N, M) dLoss / dsq
+        none = (None,) * 7                                          # the other inputs
+        if ctx.symmetric:                                         # r is z, G is symmetric
+            return (4 * (G.sum(1)[:, None] * zs - G @ zs), None) + none
+        dz = 2 * (G.sum(1)[:, None] * zs - G @ rs) if ctx.needs_input_grad[0] else None
+        dr = 2 * (G.sum(0)[:, None] * rs - G.T @ zs) if ctx.needs_input_grad[1] else None
+        return (dz, dr) + none
 
 # %% ../nbs/15_graph.ipynb #4d6e8e87
 class GraphSmoothnessLoss(EmbeddingLoss):
-    "Graph smoothness loss (Bontonou et al. 2019, Definition 1): kernel weights of cross-class edges of the batch's kNN graph."
-    min_samples: int = 2  # a vertex needs at least one possible neighbour
+    "Graph smoothness loss (Bontonou et al. 2019, Definition 1): cross-class edges."
+    min_samples: int = 2             # a vertex needs at least one possible neighbour
+    supports_reference: bool = True  # anchors from the batch, neighbours from a reference
 
     def __init__(self,
-                 k: int | None = None,      # k, neighbours per vertex; None: N - 1 (complete graph)
+                 k: int | None = None,      # neighbours per vertex; None: all of them
                  alpha: float = 2.0,        # α, kernel scale in eq. 1
-                 squared: bool = False,     # kernel on ||.||^2 instead of ||.|| (paper: not squared)
-                 symmetrize: str = "or",    # kNN relation made symmetric by "or", "and", or left directed: "none"
-                 active_tol: float = 1e-6,  # a cross-class edge is active when its weight exceeds this
-                 normalize_embeddings: bool = True,  # L2-normalise the outputs first (Section 4.1)
+                 squared: bool = False,     # kernel on ||.||^2, not ||.|| (paper: not)
+                 symmetrize: str = "or",    # "or", "and" make the kNN relation symmetric
+                 active_tol: float = 1e-6,  # an edge is active with a larger weight
+                 normalize_embeddings: bool = True,  # L2-normalise outputs (Section 4.1)
+                 reduction: str = "sum",    # "sum" (paper), "mean" over anchors, "none"
                 ):
         super().__init__()
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"`k` must be a positive int or None (all N - 1 other samples); got {k!r}.")
-        alpha, active_tol = check_number("alpha", alpha, positive=True), check_number("active_tol", active_tol, minimum=0)
-        if symmetrize not in SYMMETRIZATIONS:
-            raise ValueError(f"`symmetrize` must be one of {SYMMETRIZATIONS}; got {symmetrize!r}.")
+            raise ValueError(f"`k` must be a positive int or None (all N - 1 others); "
+                             f"got {k!r}.")
+        alpha = check_number("alpha", alpha, positive=True)
+        active_tol = check_number("active_tol", active_tol, minimum=0)
+        check_choice("symmetrize", symmetrize, SYMMETRIZATIONS)
+        check_choice("reduction", reduction, GRAPH_REDUCTIONS)
         if not isinstance(normalize_embeddings, bool):
             raise TypeError(f"`normalize_embeddings` must be True or False; "
                             f"got {normalize_embeddings!r}.")
-        self.k, self.alpha, self.squared, self.symmetrize, self.active_tol = k, alpha, squared, symmetrize, active_tol
-        self.normalize_embeddings = normalize_embeddings
+        self.k, self.alpha, self.squared, self.symmetrize = k, alpha, squared, symmetrize
+        self.active_tol, self.normalize_embeddings = active_tol, normalize_embeddings
+        self.reduction = reduction
 
-    def _k(self, N: int) -> int:
-        if self.k is None: return N - 1
-        if self.k > N - 1:
-            raise ValueError(f"`k`={self.k} neighbours need a batch of at least {self.k + 1} samples; got {N}. "
-                             f"Use k=None for the complete graph, a smaller k, or drop_last=True in the DataLoader.")
+    def _k(self, n_cand: int, what: str = "batch") -> int:
+        "k for `n_cand` candidate neighbours per anchor (None: all of them)."
+        if self.k is None: return n_cand
+        if self.k > n_cand:
+            if what == "batch":
+                need = f"a batch of at least {self.k + 1} samples; got {n_cand + 1}"
+            else: need = (f"{self.k} candidates per anchor in the reference set; "
+                          f"it gives {n_cand}")
+            raise ValueError(f"`k`={self.k} neighbours need {need}. Use k=None for the "
+                             f"complete graph, a smaller k, or drop_last=True in the "
+                             f"DataLoader.")
         return self.k
 
-    def edges(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        "Weights `W` `[N, N]` (eq. 1), the graph's edges `A` and the cross-class mask `Q`, both boolean `[N, N]`."
-        if self.normalize_embeddings: embeddings = F.normalize(embeddings, dim=1)  # (N, d)
-        W, sq = similarity_weights(embeddings, self.alpha, self.squared)      # (N, N)
-        A = knn_graph(sq, self._k(len(embeddings)), self.symmetrize)           # (N, N) edges
-        Q = labels[:, None] != labels[None, :]                                 # (N, N) y_mu != y_nu
-        return W, A, Q
+    def graph(self, z, labels, ref_emb=None, ref_labels=None, self_in_ref=False) -> dict:
+        "Anchors, reference, squared distances `[N, M]`, edges `A` (None: all), `Q`."
+        batch = ref_emb is None
+        if self.normalize_embeddings: z = F.normalize(z, dim=1)             # (N, d)
+        if batch: r, ref_labels, self_in_ref = z, labels, True   # its own reference
+        elif self.normalize_embeddings: r = F.normalize(ref_emb, dim=1)     # (M, d)
+        else: r = ref_emb
+        sq, zs, rs = pair_sq_distances(z, r)                                # (N, M)
+        N, M = sq.shape
+        itself = None                                           # the pairs (i, i)
+        if self_in_ref: itself = torch.eye(N, M, dtype=torch.bool, device=sq.device)
+        n_cand = M - 1 if self_in_ref else M                    # candidates per anchor
+        k = self._k(n_cand, "batch" if batch else "reference")
+        Q = labels[:, None] != ref_labels[None, :]            # y_mu != y_nu; never (i, i)
+        A = None                                                # all candidates: complete
+        if k < n_cand:
+            A = directed_knn(sq, k, itself)                     # nu in kNN(mu)
+            if self.symmetrize != "none":
+                if batch: A_in = A.T                            # mu in kNN(nu)
+                else:                                           # nu's k nearest in R
+                    sq_rr = pair_sq_distances(r, r)[0]                            # (M, M)
+                    eye = torch.eye(M, dtype=torch.bool, device=sq.device)
+                    d_k = kth_smallest(sq_rr.masked_fill(eye, math.inf), k)         # (M,)
+                    if self_in_ref: A_in = (sq_rr[:, :N] <= d_k[:, None]).T & ~itself
+                    else: A_in = sq <= d_k[None, :]             # mu would be among them
+                A = A | A_in if self.symmetrize == "or" else A & A_in
+        return dict(z=z, r=r, sq=sq, zs=zs, rs=rs, A=A, Q=Q, itself=itself, batch=batch)
 
-    def compute(self, embeddings, labels):
-        W, A, Q = self.edges(embeddings, labels)
-        return (W * (A & Q)).sum()                                             # eq. 2: ordered pairs
+    def compute(self, embeddings, labels, ref_emb=None, ref_labels=None,
+                self_in_ref=False):
+        g = self.graph(embeddings, labels, ref_emb, ref_labels, self_in_ref)
+        mask = g["Q"] if g["A"] is None else g["A"] & g["Q"]           # terms of eq. 2
+        symmetric = (g["batch"] and self.reduction != "none"
+                     and (g["A"] is None or self.symmetrize != "none"))
+        rows = CrossClassKernel.apply(g["z"], g["r"], g["sq"], mask, self.alpha,
+                                      self.squared, symmetric, g["zs"], g["rs"])   # (N,)
+        if self.reduction == "none": return rows
+        return rows.sum() if self.reduction == "sum" else rows.mean()   # eq. 2
 
-    def active_ratio(self, embeddings, labels):
-        "Fraction of the graph's edges (ordered pairs) that join two classes with weight > `active_tol`."
-        check_embeddings_labels(embeddings, labels, self.min_samples)
+    def weights(self, sq: torch.Tensor) -> torch.Tensor:
+        "Kernel weights of eq. 1 from squared distances (no gradient)."
+        return torch.exp(-self.alpha * (sq if self.squared else sq.sqrt()))
+
+    def edges(self, embeddings: torch.Tensor, labels: torch.Tensor):
+        "Weights `W` `[N, N]` (eq. 1), edges `A` and cross-class mask `Q` (no gradient)."
         with torch.no_grad():
-            W, A, Q = self.edges(embeddings.to(compute_dtype(embeddings)), labels)
-            return ((A & Q & (W > self.active_tol)).sum() / A.sum().clamp_min(1)).float()
+            g = self.graph(embeddings, labels)
+            A = ~g["itself"] if g["A"] is None else g["A"]
+            return self.weights(g["sq"]), A, g["Q"]
+
+    def active_terms(self, embeddings, labels, ref_emb=None, ref_labels=None,
+                     self_in_ref=False):
+        "Terms: the edges (ordered pairs); active: cross-class ones above `active_tol`."
+        g = self.graph(embeddings, labels, ref_emb, ref_labels, self_in_ref)
+        terms = g["A"]
+        if terms is None:
+            terms = ~g["itself"] if g["itself"] is not None else torch.ones_like(g["Q"])
+        return terms & g["Q"] & (self.weights(g["sq"]) > self.active_tol), terms

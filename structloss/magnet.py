@@ -10,110 +10,218 @@ Docs: https://structloss.github.io/structloss/magnet.html.md"""
 from __future__ import annotations
 import math
 import torch
-from .core import EmbeddingLoss, check_labels, check_number, compute_dtype
-from .geometry import class_index, class_counts, class_means, squared_euclidean_distances
-from .contrastive import masked_logsumexp
+from .core import (EmbeddingLoss, check_choice, check_class_ids, check_labels,
+                             check_number, masked_logsumexp, reads_values)
+from .geometry import (class_index, class_counts, class_sums, class_means,
+                                 squared_euclidean_distances)
 
 # %% auto #0
-__all__ = ['SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluster_labels', 'other_class_clusters', 'ClusterLoss', 'MagnetLoss',
+__all__ = ['CLUSTER_REDUCTIONS', 'SINGLETON_VARIANCES', 'BETA_PLACEMENTS', 'check_cluster_labels', 'other_class_clusters',
+           'ClusterLoss', 'within_cluster_sum_of_squares', 'magnet_terms', 'magnet_terms_from_class_sums', 'MagnetLoss',
            'latent_boost_schedule', 'explained_variance_dim', 'pca_projection', 'LatentBoostLoss']
 
 # %% ../nbs/14_magnet.ipynb #8d86f56c
 def check_cluster_labels(cluster_labels, labels: torch.Tensor) -> None:
-    "Raise a clear error unless `cluster_labels` is `[N]` integer, beside `labels`, each cluster of one class (CPU)."
+    "A clear error unless `cluster_labels` is `[N]` integers, each cluster in one class."
     check_labels(cluster_labels, labels.shape[0], "cluster_labels")
     if cluster_labels.device != labels.device:
-        raise ValueError(f"`cluster_labels` are on {cluster_labels.device} but `labels` on {labels.device}; "
-                         f"move them with `cluster_labels.to(labels.device)`.")
-    if labels.device.type != "cpu": return
+        raise ValueError(f"`cluster_labels` are on {cluster_labels.device} but `labels` "
+                         f"on {labels.device}; move them with "
+                         f"`cluster_labels.to(labels.device)`.")
+    if not reads_values(labels): return             # purity reads values (CPU by default)
     k_ids, K = class_index(cluster_labels)
     y_ids, C = class_index(labels)
-    has = torch.zeros(K, C, dtype=torch.bool).index_put_((k_ids, y_ids), torch.tensor(True))  # (K, C)
+    has = torch.zeros(K, C, dtype=torch.bool)                                  # (K, C)
+    has = has.index_put_((k_ids, y_ids), torch.tensor(True))
     impure = has.sum(1) > 1
     if impure.any():
         k = int(torch.unique(cluster_labels)[impure.nonzero()[0, 0]])
-        raise ValueError(f"cluster {k} of `cluster_labels` holds samples of {int(has[impure][0].sum())} classes; "
-                         f"each cluster must lie inside one class (run k-means per class).")
+        raise ValueError(f"cluster {k} of `cluster_labels` holds samples of "
+                         f"{int(has[impure][0].sum())} classes; each cluster must lie "
+                         f"inside one class (run k-means per class).")
 
-def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor, num_clusters: int) -> torch.Tensor:
-    "`[N, K]` mask: cluster k holds no sample of sample n's class (the denominator of eq. 2)."
-    y_ids, C = class_index(labels)
+def other_class_clusters(labels: torch.Tensor, cluster_ids: torch.Tensor,
+                         num_clusters: int, num_classes: int | None = None):
+    "`[N, K]` mask: cluster k holds no sample of n's class (the denominator of eq. 2)."
+    if num_classes is None: y_ids, C = class_index(labels)
+    else: y_ids, C = labels.long(), num_classes
     has = torch.zeros(num_clusters, C, dtype=torch.bool, device=labels.device)
-    has = has.index_put((cluster_ids, y_ids), torch.tensor(True, device=labels.device))  # (K, C): k holds class c
-    return ~has[:, y_ids].T                                                               # (N, K)
+    has = has.index_put((cluster_ids, y_ids), torch.tensor(True, device=labels.device))
+    return ~has[:, y_ids].T                                                    # (N, K)
 
 # %% ../nbs/14_magnet.ipynb #93fd5133
-class ClusterLoss(EmbeddingLoss):
-    "Base of losses against cluster means, called as `loss(embeddings, labels, cluster_labels=None)`."
-    min_samples: int = 2   # eq. 1 divides by N - 1
-    hinge: bool = True     # apply {.}_+ to each sample's term
+CLUSTER_REDUCTIONS = ("mean", "sum", "none")
 
-    def check_inputs(self, embeddings, labels, cluster_labels: torch.Tensor | None = None) -> None:
-        "The checks of every `EmbeddingLoss`, plus `cluster_labels` (if given): one integer id per sample, each cluster within one class."
+class ClusterLoss(EmbeddingLoss):
+    "Base of losses against cluster means: `loss(embeddings, labels, cluster_labels)`."
+    min_samples: int = 2             # eq. 1 divides by N - 1
+    hinge: bool = True               # apply {.}_+ to each sample's term
+    supports_reference: bool = True  # cluster means and variances from a reference set
+
+    def __init__(self, num_classes: int | None = None, reduction: str = "mean"):
+        super().__init__()
+        bad = isinstance(num_classes, bool) or not isinstance(num_classes, int)
+        if num_classes is not None and (bad or num_classes < 1):
+            raise ValueError(f"`num_classes` must be a positive int or None; "
+                             f"got {num_classes!r}.")
+        self.num_classes = num_classes
+        self.reduction = check_choice("reduction", reduction, CLUSTER_REDUCTIONS)
+
+    def check_inputs(self, embeddings, labels, cluster_labels=None) -> None:
+        "The checks of every loss, ids below `num_classes`, and any `cluster_labels`."
         super().check_inputs(embeddings, labels)
+        if self.num_classes is not None:
+            check_class_ids(labels, self.num_classes, type(self).__name__)
         if cluster_labels is not None: check_cluster_labels(cluster_labels, labels)
 
-    def hinge_arguments(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
-        "`[N]` per-sample terms t_n before the hinge (eq. 3); -inf where a sample has no other-class cluster."
+    def check_reference(self, embeddings, ref_emb, ref_labels, self_in_ref=False) -> dict:
+        ref = super().check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
+        if ref and ref_emb.shape[0] < 2:
+            raise ValueError(f"`ref_emb` has {ref_emb.shape[0]} row; the variance "
+                             f"(eq. 1) needs at least 2.")
+        if ref and self.num_classes is not None:
+            check_class_ids(ref_labels, self.num_classes, type(self).__name__)
+        return ref
+
+    def clusters(self, labels, cluster_labels=None, ref_labels=None):
+        """Cluster ids of the anchors `[N]` and of the reference rows `[M]`, their number
+        K, and the `[N, K]` mask of other-class clusters (None: the clusters are classes).
+        One `torch.unique` at most; none when `num_classes` is given."""
+        N = labels.shape[0]
+        if cluster_labels is not None:
+            if ref_labels is not None:
+                raise ValueError("`cluster_labels` work within a batch; with a "
+                                 "reference set (`ref_emb`) the clusters are classes.")
+            ids, K = class_index(cluster_labels)
+            return ids, ids, K, other_class_clusters(labels, ids, K, self.num_classes)
+        if self.num_classes is not None:                     # labels are the ids: no sync
+            ids, K = labels.long(), self.num_classes
+            ref_ids = ids if ref_labels is None else ref_labels.long()
+        elif ref_labels is None:
+            ids, K = class_index(labels)
+            ref_ids = ids
+        else:                                                 # one id space for both sets
+            both, K = class_index(torch.cat([labels, ref_labels]))
+            ids, ref_ids = both[:N], both[N:]
+        return ids, ref_ids, K, None
+
+    def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None,
+                    ref_labels=None):
+        "`[N]` hinge arguments t_n (eq. 3), `[N]` whether the reference has n's cluster."
         raise NotImplementedError
 
-    def compute(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
-        "Mean over samples of `{t_n}_+` (or of `t_n` when `hinge` is off)."
-        t = self.hinge_arguments(embeddings, labels, cluster_labels)            # (N,)
-        return (t.clamp_min(0) if self.hinge else t).mean()
+    def hinge_arguments(self, embeddings, labels, cluster_labels=None, ref_emb=None,
+                        ref_labels=None):
+        "`[N]` per-sample terms t_n before the hinge (eq. 3); -inf where there is none."
+        t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)
+        return torch.where(own, t, torch.full_like(t, -math.inf))
 
-    def active_ratio(self, embeddings, labels, cluster_labels=None) -> torch.Tensor:
-        "Fraction of samples whose hinge argument t_n is positive."
-        self.check_inputs(embeddings, labels, cluster_labels)
-        with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
-            t = self.hinge_arguments(embeddings.to(compute_dtype(embeddings)), labels, cluster_labels)
-        return (t > 0).float().mean()
+    def compute(self, embeddings, labels, cluster_labels=None, ref_emb=None,
+                ref_labels=None, self_in_ref=False):
+        "Per sample `{t_n}_+` (`t_n` without hinge), 0 without an own cluster; reduced."
+        t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)
+        per = t.clamp_min(0) if self.hinge else t                               # (N,)
+        per = torch.where(own, per, torch.zeros_like(per))
+        if self.reduction == "none": return per
+        return per.mean() if self.reduction == "mean" else per.sum()
+
+    def active_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None,
+                     ref_labels=None, self_in_ref=False):
+        "Terms: the samples with an own cluster; active: those whose t_n is positive."
+        t, own = self.hinge_terms(embeddings, labels, cluster_labels, ref_emb, ref_labels)
+        return own & (t > 0), own
+
+# %% ../nbs/14_magnet.ipynb #d59f4069
+def within_cluster_sum_of_squares(x: torch.Tensor, ids: torch.Tensor,
+                                  mu: torch.Tensor) -> torch.Tensor:
+    "`sum_j ||x_j - mu_{ids_j}||^2`: the numerator of eq. 1 (a 0-dim tensor)."
+    return ((x - mu[ids]) ** 2).sum()
+
+def magnet_terms(z, ids, mu, counts, sum_sq=None, other=None, alpha: float = 1.0,
+                 eps: float = 1e-12):
+    """Hinge arguments t_n of eq. 3 `[N]`, and whether anchor n's own cluster is present.
+    From cluster means `mu` `[K, d]`, counts `[K]` and eq. 1's numerator `sum_sq` (None:
+    the anchors are the whole reference). `other` `[N, K]`: other classes' clusters (None:
+    the clusters are the classes and `ids` lie in [0, K))."""
+    present = counts > 0                                                  # (K,)
+    D = squared_euclidean_distances(z, mu)                       # (N, K) ||r_n - mu_k||^2
+    d_own = ((z - mu[ids]) ** 2).sum(1)                         # (N,) ||r_n - mu(r_n)||^2
+    if sum_sq is None: sum_sq = d_own.sum()
+    sigma2 = (sum_sq / (counts.sum() - 1)).clamp_min(eps)                 # ()     eq. 1
+    if other is None:                                                 # clusters = classes
+        K = len(counts)
+        neg = (ids[:, None] != torch.arange(K, device=ids.device)) & present
+        has_neg = present.sum() - present[ids].long() > 0          # another class present
+    else:
+        neg = other & present[None, :]                          # (N, K) C(mu_k) != C(r_n)
+        has_neg = neg.any(1)
+    scale = -0.5 / sigma2                                               # -1 / (2 sigma^2)
+    t = alpha - d_own * scale + masked_logsumexp(D * scale, neg)          # (N,) eq. 3
+    t = torch.where(has_neg, t, torch.full_like(t, -math.inf))          # no other class
+    return t, present[ids]
+
+def magnet_terms_from_class_sums(z, ids, sums, counts, sum_sq=None, alpha: float = 1.0,
+                                 eps: float = 1e-12):
+    "Eq. 3, clusters = classes (`ids` in [0, C)), from class sums `[C, d]`, counts `[C]`."
+    mu = sums / counts.clamp_min(1)[:, None]                              # (C, d)
+    return magnet_terms(z, ids, mu, counts, sum_sq, None, alpha, eps)
 
 # %% ../nbs/14_magnet.ipynb #28a8c20b
 class MagnetLoss(ClusterLoss):
-    "Magnet loss (Rippel et al. 2016; eq. 4 of the Latent Boost paper): eqs. 1-3, clusters = classes by default."
+    "Magnet loss (Rippel et al. 2016; eq. 4 of the Latent Boost paper): eqs. 1-3."
     def __init__(self,
-                 alpha: float = 1.0,  # α, the margin in eq. 2
-                 eps: float = 1e-12,  # floor on σ² (not in the paper; only when every sample sits on its mean)
+                 alpha: float = 1.0,              # α, the margin in eq. 2
+                 eps: float = 1e-12,              # floor on σ² (not in the paper)
+                 num_classes: int | None = None,  # labels are ids in [0, C): no `unique`
+                 reduction: str = "mean",         # "mean" (eq. 2), "sum", "none": [N]
                 ):
-        super().__init__()
-        self.alpha, self.eps = check_number("alpha", alpha), check_number("eps", eps, positive=True)
+        super().__init__(num_classes, reduction)
+        self.alpha = check_number("alpha", alpha)
+        self.eps = check_number("eps", eps, positive=True)
 
-    def hinge_arguments(self, embeddings, labels, cluster_labels=None):
-        r = embeddings                                                            # (N, d)
-        ids, K = class_index(labels if cluster_labels is None else cluster_labels)  # (N,), K clusters
-        mu = class_means(r, ids, K)                                               # (K, d) cluster means
-        d_own = ((r - mu[ids]) ** 2).sum(1)                                       # (N,) ||r_n - mu(r_n)||^2
-        sigma2 = (d_own.sum() / (len(r) - 1)).clamp_min(self.eps)                 # ()   eq. 1
-        D = squared_euclidean_distances(r, mu)                                    # (N, K) ||r_n - mu_k||^2
-        neg = other_class_clusters(labels, ids, K)                                # (N, K) C(mu_k) != C(r_n)
-        t = d_own / (2 * sigma2) + self.alpha + masked_logsumexp(-D / (2 * sigma2), neg)   # (N,) eq. 3
-        return torch.where(neg.any(1), t, torch.full_like(t, -math.inf))          # no other class: -log(num/0) = -inf
+    def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None,
+                    ref_labels=None):
+        z = embeddings                                                    # (N, d) anchors
+        r = z if ref_emb is None else ref_emb                           # (M, d) reference
+        ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
+        counts = class_counts(ref_ids, K, dtype=r.dtype)                   # (K,)
+        mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]      # (K, d) means
+        sum_sq = None                                                      # eq. 1: d_own
+        if ref_emb is not None: sum_sq = within_cluster_sum_of_squares(r, ref_ids, mu)
+        return magnet_terms(z, ids, mu, counts, sum_sq, other, self.alpha, self.eps)
 
 # %% ../nbs/14_magnet.ipynb #7f19f0cc
-def latent_boost_schedule(epoch: int, num_epochs: int, alpha0: float = 1.0, beta0: float = 1.0, eps: float = 1e-8) -> tuple[float, float]:
-    "`(alpha, beta)` at epoch E = `epoch` of E_total = `num_epochs` (eq. 10 of the Latent Boost paper)."
+def latent_boost_schedule(epoch: int, num_epochs: int, alpha0: float = 1.0,
+                          beta0: float = 1.0, eps: float = 1e-8) -> tuple[float, float]:
+    "`(alpha, beta)` at epoch E = `epoch` of E_total = `num_epochs` (eq. 10)."
     if num_epochs < 1: raise ValueError(f"`num_epochs` must be >= 1; got {num_epochs}.")
     if not 0 <= epoch <= num_epochs:
-        raise ValueError(f"`epoch` must lie in [0, num_epochs={num_epochs}] (epochs count from 0); got {epoch}.")
+        raise ValueError(f"`epoch` must lie in [0, num_epochs={num_epochs}] (epochs "
+                         f"count from 0); got {epoch}.")
     alpha = 1 + alpha0 * math.exp(-epoch / (1.05 * num_epochs))
     beta = max(beta0 * (1 - epoch / (0.2 * num_epochs)), eps)
     return alpha, beta
 
 # %% ../nbs/14_magnet.ipynb #669c7a1a
 def explained_variance_dim(S: torch.Tensor, threshold: float = 0.95) -> torch.Tensor:
-    "Eq. 8 of the Latent Boost paper: fewest leading singular values `S` whose explained variance reaches `threshold`."
-    ev = S ** 2                                                # S_j^2 / (m-1); the 1/(m-1) cancels in the ratio
-    ratio = ev.cumsum(0) / ev.sum()                            # cumulative explained variance ratio
-    return ((~(ratio >= threshold)).sum() + 1).clamp_max(len(S))  # nan ratio (zero variance): dim_max
+    "Eq. 8: the fewest leading singular values `S` explaining a `threshold` of variance."
+    ev = S ** 2                                       # S_j^2 / (m-1); the 1/(m-1) cancels
+    ratio = ev.cumsum(0) / ev.sum()                  # cumulative explained variance ratio
+    return ((~(ratio >= threshold)).sum() + 1).clamp_max(len(S))  # nan (no variance): max
 
-def pca_projection(r: torch.Tensor, threshold: float = 0.95, detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    "`W` of shape `[min(m, n), n]` whose first `dim` rows are the top principal directions of `r` (rest zero), and `dim`."
+def pca_projection(r: torch.Tensor, threshold: float = 0.95,
+                   detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    "`W` `[min(m, n), n]`: the top `dim` principal directions of `r` (rest zero), `dim`."
     x = r.detach() if detach else r
-    xc = x - x.mean(0)                                         # (m, n) centred batch
-    _, S, Vh = torch.linalg.svd(xc, full_matrices=False)       # S: (q,), Vh: (q, n), q = min(m, n)
-    dim = explained_variance_dim(S.detach(), threshold)        # ()  eq. 8
-    keep = torch.arange(len(S), device=r.device) < dim         # (q,)
+    xc = x - x.mean(0)                                      # (m, n) centred batch
+    m, n = xc.shape
+    if m >= n:                                  # n x n covariance: cheaper than an SVD
+        lam, V = torch.linalg.eigh(xc.T @ xc)               # ascending eigenvalues S_j^2
+        S = lam.flip(0).clamp_min(0).sqrt()                 # (n,) singular values of xc
+        Vh = V.flip(1).T                                    # (n, n) principal directions
+    else: _, S, Vh = torch.linalg.svd(xc, full_matrices=False)  # (m,), (m, n)
+    dim = explained_variance_dim(S.detach(), threshold)     # ()  eq. 8
+    keep = torch.arange(len(S), device=r.device) < dim      # (q,), q = min(m, n)
     return Vh * keep[:, None].to(Vh.dtype), dim
 
 # %% ../nbs/14_magnet.ipynb #06cbea8a
@@ -121,39 +229,44 @@ SINGLETON_VARIANCES = ("pooled", "eps")
 BETA_PLACEMENTS = ("exponent", "factor")
 
 class LatentBoostLoss(ClusterLoss):
-    "Latent Boost (Geißler et al. 2024, eqs. 6-11): Magnet loss on a PCA of the batch, per-cluster variances, epoch schedules."
+    "Latent Boost (Geißler et al. 2024, eqs. 6-11): Magnet on a PCA, cluster variances."
     def __init__(self,
                  alpha0: float = 1.0,            # α_0 in eq. 10 (not stated in the paper)
                  beta0: float = 1.0,             # β_0 in eq. 10
-                 threshold: float = 0.95,        # T in eq. 8, cumulative explained variance kept by the PCA
+                 threshold: float = 0.95,        # T in eq. 8: variance kept by the PCA
                  eps: float = 1e-8,              # ε in eqs. 10-11; also floors every σ_C²
-                 pca: bool = True,               # project onto the top principal components (eqs. 6-8)
-                 detach_pca: bool = True,        # compute W_PCA without gradient (gradients still flow through W r)
-                 singleton_variance: str = "pooled",  # σ_C² of a one-sample cluster: "pooled" (eq. 1) or "eps"
-                 beta_placement: str = "exponent",    # β multiplies the exponent ("exponent") or the sum ("factor")
+                 pca: bool = True,             # project onto the top principal components
+                 detach_pca: bool = True,     # W_PCA without gradient (W r still has one)
+                 singleton_variance: str = "pooled",  # one-sample σ_C²: "pooled", "eps"
+                 beta_placement: str = "exponent",    # β in the exponent, or "factor"
                  hinge: bool = True,             # apply {.}_+ as in Rippel et al.
-                 detach_variance: bool = False,  # hold every σ_C² constant in backward (not literal)
-                 warmup_epochs: int = 0,         # epochs before E = 0 of eq. 10 (CE-only warm-up)
+                 detach_variance: bool = False,  # hold every σ_C² constant in backward
+                 warmup_epochs: int = 0,      # epochs before E = 0 of eq. 10 (CE warm-up)
+                 num_classes: int | None = None, # labels are ids in [0, C): no `unique`
+                 reduction: str = "mean",        # "mean" (eq. 11), "sum", "none": [N]
                 ):
-        super().__init__()
-        if not 0 < threshold <= 1: raise ValueError(f"`threshold` (T) must lie in (0, 1]; got {threshold}.")
-        check_number("eps", eps, positive=True); check_number("beta0", beta0, positive=True); check_number("alpha0", alpha0)
-        if singleton_variance not in SINGLETON_VARIANCES:
-            raise ValueError(f"`singleton_variance` must be one of {SINGLETON_VARIANCES}; got {singleton_variance!r}.")
-        if beta_placement not in BETA_PLACEMENTS:
-            raise ValueError(f"`beta_placement` must be one of {BETA_PLACEMENTS}; got {beta_placement!r}.")
-        self.alpha0, self.beta0, self.threshold, self.eps = float(alpha0), float(beta0), float(threshold), float(eps)
+        super().__init__(num_classes, reduction)
+        if not 0 < threshold <= 1:
+            raise ValueError(f"`threshold` (T) must lie in (0, 1]; got {threshold}.")
+        check_number("eps", eps, positive=True)
+        check_number("beta0", beta0, positive=True)
+        check_number("alpha0", alpha0)
+        check_choice("singleton_variance", singleton_variance, SINGLETON_VARIANCES)
+        check_choice("beta_placement", beta_placement, BETA_PLACEMENTS)
+        self.alpha0, self.beta0 = float(alpha0), float(beta0)
+        self.threshold, self.eps = float(threshold), float(eps)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) \
                 or warmup_epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be an int >= 0; got {warmup_epochs!r}.")
+            raise ValueError(f"`warmup_epochs` must be an int >= 0; "
+                             f"got {warmup_epochs!r}.")
         self.pca, self.detach_pca, self.hinge = pca, detach_pca, hinge
         self.detach_variance, self.warmup_epochs = bool(detach_variance), warmup_epochs
         self.singleton_variance, self.beta_placement = singleton_variance, beta_placement
         self.epoch, self.num_epochs = 0, 1
-        self.last_dim = None  # dim chosen by eq. 8 on the last batch (a 0-dim tensor; no host sync)
+        self.last_dim = None  # dim chosen by eq. 8 on the last batch (a 0-dim tensor)
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
-        "Set the epoch (from 0) of `num_epochs`; eq. 10 sees E and E_total after the warm-up."
+        "Set the epoch (from 0) of `num_epochs`; eq. 10 counts after the warm-up."
         latent_boost_schedule(epoch, num_epochs)  # validates the training epoch
         if num_epochs <= self.warmup_epochs:
             raise ValueError(f"`num_epochs` ({num_epochs}) must exceed `warmup_epochs` "
@@ -162,39 +275,51 @@ class LatentBoostLoss(ClusterLoss):
         E, E_total = max(epoch - self.warmup_epochs, 0), num_epochs - self.warmup_epochs
         self.epoch, self.num_epochs = int(E), int(E_total)
 
+    def schedule(self) -> tuple[float, float]:
+        "`(alpha, beta)` of eq. 10 at the current epoch."
+        return latent_boost_schedule(self.epoch, self.num_epochs, self.alpha0, self.beta0,
+                                     self.eps)
     @property
-    def alpha(self) -> float: return latent_boost_schedule(self.epoch, self.num_epochs, self.alpha0, self.beta0, self.eps)[0]
+    def alpha(self) -> float: return self.schedule()[0]
     @property
-    def beta(self) -> float: return latent_boost_schedule(self.epoch, self.num_epochs, self.alpha0, self.beta0, self.eps)[1]
+    def beta(self) -> float: return self.schedule()[1]
 
     def cluster_variances(self, r, ids, K, d_own):
-        "`[K]` σ_C² of eq. 9 (singletons: `singleton_variance`), floored at ε; `detach_variance`: constants."
-        if self.detach_variance: d_own = d_own.detach()
-        n_C = class_counts(ids, K, dtype=r.dtype)                                     # (K,) |C|
-        ss = torch.zeros(K, dtype=r.dtype, device=r.device).index_add(0, ids, d_own)  # (K,) sum ||r'_i - mu'_C||^2
-        var = ss / (n_C - 1).clamp_min(1)                                             # (K,) eq. 9
-        fallback = d_own.sum() / (len(r) - 1) if self.singleton_variance == "pooled" else torch.zeros_like(var)
+        "`[K]` σ_C² of eq. 9 (singletons: `singleton_variance`), floored at ε."
+        if self.detach_variance: d_own = d_own.detach()          # constants in backward
+        n_C = class_counts(ids, K, dtype=r.dtype)                              # (K,) |C|
+        ss = torch.zeros(K, dtype=r.dtype, device=r.device).index_add(0, ids, d_own)
+        var = ss / (n_C - 1).clamp_min(1)                                     # (K,) eq. 9
+        if self.singleton_variance == "pooled": fallback = d_own.sum() / (len(r) - 1)
+        else: fallback = torch.zeros_like(var)
         return torch.where(n_C > 1, var, fallback).clamp_min(self.eps)
 
     def extra_logs(self) -> dict:
-        "What an `Objective` logs beside the loss: `dim`, components eq. 8 kept on the last batch."
+        "What an `Objective` logs beside the loss: `dim`, kept on the last batch."
         return {} if self.last_dim is None else {"dim": self.last_dim}
 
-    def hinge_arguments(self, embeddings, labels, cluster_labels=None):
-        alpha, beta = self.alpha, self.beta                                           # eq. 10
-        r = embeddings                                                                # (N, n)
-        if self.pca:
-            W, self.last_dim = pca_projection(r, self.threshold, self.detach_pca)     # (q, n), eq. 8
-            r = r @ W.T                                                               # (N, q)  r'_n = W r_n, eq. 6
-        ids, K = class_index(labels if cluster_labels is None else cluster_labels)
-        mu = class_means(r, ids, K)                                                   # (K, q)  mu' = W mu, eq. 7
-        d_own = ((r - mu[ids]) ** 2).sum(1)                                           # (N,)
-        sigma2 = self.cluster_variances(r, ids, K, d_own)                             # (K,)    eq. 9
-        ell = -squared_euclidean_distances(r, mu) / (2 * sigma2[None, :])             # (N, K)  exponents
-        neg = other_class_clusters(labels, ids, K)                                    # (N, K)
+    def hinge_terms(self, embeddings, labels, cluster_labels=None, ref_emb=None,
+                    ref_labels=None):
+        alpha, beta = self.alpha, self.beta                                   # eq. 10
+        z = embeddings                                                    # (N, n) anchors
+        r = z if ref_emb is None else ref_emb                           # (M, n) reference
+        if self.pca:                                # W_PCA from the reference (the batch)
+            W, self.last_dim = pca_projection(r, self.threshold, self.detach_pca)  # eq. 8
+            z = z @ W.T                                                       # eq. 6
+            r = z if ref_emb is None else r @ W.T
+        ids, ref_ids, K, other = self.clusters(labels, cluster_labels, ref_labels)
+        counts = class_counts(ref_ids, K, dtype=r.dtype)                      # (K,)
+        mu = class_sums(r, ref_ids, K) / counts.clamp_min(1)[:, None]       # (K, q) eq. 7
+        D = squared_euclidean_distances(z, mu)                                # (N, K)
+        d_ref = ((r - mu[ref_ids]) ** 2).sum(1)                           # (M,) for eq. 9
+        d_own = d_ref if ref_emb is None else ((z - mu[ids]) ** 2).sum(1)     # (N,)
+        sigma2 = self.cluster_variances(r, ref_ids, K, d_ref)                 # (K,) eq. 9
+        ell = D / (-2 * sigma2[None, :])                                # (N, K) exponents
+        if other is None: other = ids[:, None] != torch.arange(K, device=ids.device)
+        neg = other & (counts > 0)[None, :]                                   # (N, K)
         if self.beta_placement == "exponent":
             log_sum = masked_logsumexp(beta * ell, neg)
         else:
             log_sum = math.log(beta) + masked_logsumexp(ell, neg)
-        log_den = torch.logaddexp(log_sum, torch.full_like(log_sum, math.log(self.eps)))  # log(sum + eps)
-        return d_own / (2 * sigma2[ids]) + alpha + log_den                           # (N,)    eq. 11
+        log_den = torch.logaddexp(log_sum, torch.full_like(log_sum, math.log(self.eps)))
+        return d_own / (2 * sigma2[ids]) + alpha + log_den, counts[ids] > 0  # (N,) eq. 11

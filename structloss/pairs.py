@@ -7,6 +7,7 @@ Docs: https://structloss.github.io/structloss/pairs.html.md"""
 
 # %% ../nbs/11_pairs.ipynb #e20bd597
 from __future__ import annotations
+import struct
 import torch
 import torch.nn.functional as F
 from .core import (EmbeddingLoss, check_choice, check_class_ids, check_number,
@@ -15,8 +16,8 @@ from .geometry import label_masks
 
 # %% auto #0
 __all__ = ['DISTANCES', 'REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights', 'with_gradient',
-           'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'tie_break_key',
-           'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals',
+           'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'to_float32',
+           'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals',
            'triplet_margin_weights', 'smooth_triplet_weights', 'TripletMarginLoss', 'first_two_indices', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
@@ -182,6 +183,14 @@ class ContrastiveLoss(EmbeddingLoss):
         if has_self: self_pairs(l_pos).fill_(0)       # (i, i) is no pair
         return l_pos, l_neg
 
+    def pair_losses(self, embeddings, labels):
+        """`l+`, `l-` of eq. 3 (`[N, N]`, 0 off their masks) and the masks `P`, `Q` (no
+        autograd)."""
+        _, _, D, same, has_self = self.prepare(embeddings, labels)
+        l_pos, l_neg = self.hinges(D, same, has_self)
+        pos, neg = label_masks(labels)
+        return l_pos, l_neg, pos, neg
+
     def compute(self, embeddings, labels, **reference):
         z, r, D, same, has_self = self.prepare(embeddings, labels, **reference)
         with torch.no_grad():
@@ -221,6 +230,10 @@ def triplet_margin_sums_search(d: torch.Tensor, pos: torch.Tensor, neg: torch.Te
     return sums * pos, k * pos
 
 # %% ../nbs/11_pairs.ipynb #7419a701
+def to_float32(x: float) -> float:
+    "`x` rounded to the nearest float32, as a Python float (no tensor, no host sync)."
+    return struct.unpack("f", struct.pack("f", x))[0]
+
 def tie_break_key(values: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
     """Integer keys that sort like the pairs `(values, flag)`: by value, and among equal
     values `flag` False first. `values` >= +0.0, float32 (int32 keys) or float64 (int64
@@ -239,7 +252,7 @@ def margin_sort_keys(d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     """Rows `v` `[N, M]` (`d + m+` at positives, `d + m-` at negatives, `d` elsewhere) and
     integer keys ordering each row as the exact sums would, positives before equal
     negatives."""
-    m = torch.tensor(margin, dtype=d.dtype).item()  # m as d's dtype holds it (no sync)
+    m = float(margin) if d.dtype == torch.float64 else to_float32(margin)  # as d holds it
     if m == 0: return d, tie_break_key(d.detach(), neg)
     shifted = pos if m > 0 else neg                          # where |m| is added
     s = d + abs(m)                                           # (N, M) fl(d + |m|)
@@ -414,18 +427,14 @@ class TripletMarginLoss(EmbeddingLoss):
         return sums, k, pos, neg
 
     def active_terms(self, embeddings, labels, **reference):
-        """Terms: the valid triplets; active: those with a non-zero loss. One byte per
-        triplet, `[N, M, M]` (pair (a, p) and the r-th negative of a): the loss itself
-        never forms them."""
+        """Counts per positive pair `[N, M]`: triplets with a non-zero loss (`k_ap`) and valid
+        triplets (`|Q_a|`); counts rather than `[N, M, M]` masks, in O(N^2) memory."""
         _, _, _, t, same, has_self = self.prepare(embeddings, labels, **reference)
         pos, neg = same.clone(), ~same
         if has_self: self_pairs(pos).fill_(False)
-        # softplus > 0: all of them
-        if self.smooth_loss: k = pos * neg.sum(1, keepdim=True)
-        else: k = triplet_margin_sums(t, pos, neg, self.margin)[1]     # (N, M) k_ap
-        rank = torch.arange(same.shape[1], device=same.device)
-        terms = pos[:, :, None] & (rank < neg.sum(1)[:, None, None])
-        return rank < k[:, :, None], terms
+        n_valid = pos * neg.sum(1, keepdim=True)                          # (N, M) |Q_a| at positives
+        if self.smooth_loss: return n_valid, n_valid                        # softplus > 0: all of them
+        return triplet_margin_sums(t, pos, neg, self.margin)[1] * pos, n_valid   # k_ap
 
 # %% ../nbs/11_pairs.ipynb #050e78b0
 def first_two_indices(ids: torch.Tensor, num_classes: int):

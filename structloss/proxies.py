@@ -10,95 +10,149 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn.functional as F
-from .core import EmbeddingLoss, check_embeddings_labels, check_number, compute_dtype
-from .geometry import safe_normalize, safe_sqrt, squared_euclidean_distances, class_counts, class_sums
-from .contrastive import masked_logsumexp
+from torch.autograd.function import once_differentiable
+from .core import (EmbeddingLoss, check_choice, check_class_ids,
+                            check_embeddings_labels, check_number)
+from .geometry import safe_normalize, safe_sqrt, squared_euclidean_distances
+from .geometry import class_counts, class_sums
 
 # %% auto #0
-__all__ = ['init_class_vectors', 'check_class_ids', 'ClassVectorLoss', 'target_mask', 'softmax_cross_entropy', 'softmax_active',
+__all__ = ['REDUCTIONS', 'init_class_vectors', 'ClassVectorLoss', 'target_logit', 'softmax_cross_entropy', 'softmax_active',
            'ProxyNCALoss', 'CenterLoss', 'additive_angular_margin', 'ArcFaceLoss', 'CenterContrastiveLoss']
 
 # %% ../nbs/13_proxies.ipynb #590d7ddc
-def init_class_vectors(num_classes: int, embedding_size: int, seed: int | None = None) -> torch.nn.Parameter:
-    "A `[num_classes, embedding_size]` parameter of standard normal draws (global RNG, or a generator seeded with `seed`)."
+REDUCTIONS = ("mean", "sum", "none")
+
+def init_class_vectors(num_classes: int, embedding_size: int, seed: int | None = None
+                      ) -> torch.nn.Parameter:
+    "A `[num_classes, embedding_size]` parameter of N(0, 1) draws (global RNG or `seed`)."
     if num_classes < 1 or embedding_size < 1:
-        raise ValueError(f"`num_classes` and `embedding_size` must be >= 1; got {num_classes} and {embedding_size}.")
+        raise ValueError(f"`num_classes` and `embedding_size` must be >= 1; "
+                         f"got {num_classes} and {embedding_size}.")
     g = None if seed is None else torch.Generator().manual_seed(seed)
     return torch.nn.Parameter(torch.randn(num_classes, embedding_size, generator=g))
 
-def check_class_ids(labels: torch.Tensor, num_classes: int, owner: str = "this loss") -> None:
-    "Raise `ValueError` unless every label is a row id in `[0, num_classes)` (checked on CPU tensors only)."
-    if labels.device.type != "cpu" or len(labels) == 0: return
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"`labels` must be class ids in [0, num_classes={num_classes}) for {owner}; got values in "
-                         f"[{lo}, {hi}]. Build the loss with num_classes >= {max(hi + 1, num_classes)} (one vector per class), "
-                         f"or map the labels to 0..C-1 first (e.g. torch.unique(labels, return_inverse=True)[1]).")
-
 # %% ../nbs/13_proxies.ipynb #8615a1ab
 class ClassVectorLoss(EmbeddingLoss):
-    "Base of losses with one learnable vector per class: `check_inputs` adds `d`, device and label-id checks."
-    def __init__(self, num_classes: int, embedding_size: int, active_tol: float = 0.01):
+    "Base of losses with one learnable vector per class: checks `d`, device, label ids."
+    def __init__(self, num_classes: int, embedding_size: int, active_tol: float = 0.01,
+                 reduction: str = "mean"):
         super().__init__()
         self.num_classes, self.embedding_size = num_classes, embedding_size
         self.active_tol = check_number("active_tol", active_tol, minimum=0)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
 
     def class_vectors(self) -> torch.nn.Parameter:
         "The learnable `[C, d]` parameter of this loss."
         raise NotImplementedError
 
     def check_inputs(self, embeddings, labels):
-        "Shape and dtype checks, then: `d == embedding_size`, parameters on the embeddings' device, labels in `[0, C)`."
+        "Shape and dtype checks; `d == embedding_size`, same device, labels in `[0, C)`."
         check_embeddings_labels(embeddings, labels, self.min_samples)
         name = type(self).__name__
         if embeddings.shape[1] != self.embedding_size:
-            raise ValueError(f"`embeddings` have dimension d = {embeddings.shape[1]} but {name} was built with "
+            raise ValueError(f"`embeddings` have dimension d = {embeddings.shape[1]} but "
+                             f"{name} was built with "
                              f"embedding_size={self.embedding_size}.")
         if self.class_vectors().device != embeddings.device:
-            raise ValueError(f"{name}'s parameters are on {self.class_vectors().device} but `embeddings` on "
-                             f"{embeddings.device}; move the loss with `loss.to(embeddings.device)` (before building the optimizer).")
+            raise ValueError(f"{name}'s parameters are on {self.class_vectors().device} "
+                             f"but `embeddings` on {embeddings.device}; move the loss "
+                             f"with `loss.to(embeddings.device)` (before building the "
+                             f"optimizer).")
         check_class_ids(labels, self.num_classes, name)
+
+    def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
+        "Per-sample losses `[N]` reduced as `reduction` says: mean, sum, or none."
+        if self.reduction == "none": return per_sample
+        return per_sample.sum() if self.reduction == "sum" else per_sample.mean()
 
     def vectors_like(self, embeddings):
         "The class vectors cast (differentiably) to the compute dtype of `embeddings`."
         return self.class_vectors().to(embeddings.dtype)
 
-    def cosines(self, embeddings):
-        "`cos(theta_ij)` between each embedding and each class vector, `[N, C]`."
-        return safe_normalize(embeddings) @ safe_normalize(self.vectors_like(embeddings)).T
+    def cosines(self, embeddings, scale: float = 1.0):
+        "`scale * cos(theta_ij)` between each embedding and each class vector, `[N, C]`."
+        x_hat = safe_normalize(embeddings)                               # (N, d)
+        w_hat = safe_normalize(self.vectors_like(embeddings))             # (C, d)
+        return torch.addmm(x_hat.new_zeros(()), x_hat, w_hat.T, beta=0, alpha=scale)
 
 # %% ../nbs/13_proxies.ipynb #c8c79c48
-def target_mask(ids: torch.Tensor, num_classes: int) -> torch.Tensor:
-    "Boolean one-hot `[N, C]`: `[j == y_i]` (a comparison, so no device sync, unlike a checked `F.one_hot`)."
-    return ids[:, None] == torch.arange(num_classes, device=ids.device)
+def target_logit(own: torch.Tensor, margin: tuple | None = None):
+    "The own-class logit `x` after a margin, and its slope `dt/dx` (None: 1)."
+    if margin is None: return own, None
+    kind, m, s = margin
+    if kind == "cosine": return own - s * m, None                # s (cos - m)
+    cos = own / s                                # "angular": s psi(theta), eq. 5
+    t = additive_angular_margin(cos, m)          # (ArcFace section)
+    sin = safe_sqrt((1 - cos * cos).clamp_min(0))
+    inside = cos >= -math.cos(m)                 # theta <= pi - m
+    slope = math.cos(m) + math.sin(m) * cos / sin.clamp_min(torch.finfo(sin.dtype).tiny)
+    slope = torch.where(sin > 0, slope, math.cos(m))   # safe_sqrt: slope 0 at 0
+    return s * t, torch.where(inside, slope, 1.0)
 
-def softmax_cross_entropy(logits: torch.Tensor, ids: torch.Tensor, exclude_target: bool = False) -> torch.Tensor:
-    "`-log q_{i,y_i}`, `[N]`, from logits `[N, C]` via a stable log-sum-exp; `exclude_target` drops `y_i` from the denominator."
-    target = target_mask(ids, logits.shape[1])                      # (N, C)
-    keep = ~target if exclude_target else torch.ones_like(target)
-    return masked_logsumexp(logits, keep) - logits.gather(1, ids[:, None]).squeeze(1)
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    "`LSE_j(a_ij) - a_iy` and `x_i` `[N]`; `a`: the logits with `x_i` -> its target."
+    @staticmethod
+    def forward(ctx, logits, ids, margin, exclude_target):
+        idx = ids[:, None]
+        own = logits.gather(1, idx)                                  # (N, 1) x_i
+        t, slope = target_logit(own, margin)                         # (N, 1) a_iy
+        a = logits
+        if exclude_target: a = logits.scatter(1, idx, torch.finfo(t.dtype).min)
+        elif margin is not None: a = logits.scatter(1, idx, t)       # a copy, no mask
+        lse = torch.logsumexp(a, 1, keepdim=True)                    # the stable step
+        ctx.save_for_backward(a, lse, idx, slope)
+        return (lse - t).squeeze(1), own.squeeze(1)
 
-def softmax_active(logits: torch.Tensor, ids: torch.Tensor, active_tol: float, exclude_target: bool = False) -> torch.Tensor:
-    "Boolean `[N]`: `max_j |d l_i / d a_ij| > active_tol` for the loss of `softmax_cross_entropy`."
-    target = target_mask(ids, logits.shape[1])
-    keep = ~target if exclude_target else torch.ones_like(target)
-    q = torch.softmax(logits.masked_fill(~keep, torch.finfo(logits.dtype).min), dim=1) * keep
-    return (q - target.to(q.dtype)).abs().amax(1) > active_tol
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_own):
+        a, lse, idx, slope = ctx.saved_tensors
+        g = grad_loss[:, None]                                       # (N, 1)
+        grad = (a - lse).exp_().mul_(g)                              # g q_ij, (N, C)
+        d_own = grad.gather(1, idx) - g                              # d l_i / d a_iy
+        if slope is not None: d_own = d_own * slope                  # x_i -> a_iy
+        if grad_own is not None: d_own = d_own + grad_own[:, None]
+        return grad.scatter_(1, idx, d_own), None, None, None
+
+def softmax_cross_entropy(logits: torch.Tensor, # a_ij [N, C]
+                          ids: torch.Tensor, # y_i [N]
+                          exclude_target: bool = False, # drop y_i from the denominator
+                          margin: tuple | None = None, # ("cosine"/"angular", m, s)
+                          with_own: bool = False, # also return the own logit x_i [N]
+                         ):
+    "`-log q_{i,y_i}` `[N]`: stable log-sum-exp, an index (no one-hot), 1-pass backward."
+    loss, own = _SoftmaxCrossEntropy.apply(logits, ids, margin, exclude_target)
+    return (loss, own) if with_own else loss
+
+@torch.no_grad()
+def softmax_active(logits: torch.Tensor, ids: torch.Tensor, active_tol: float,
+                   exclude_target: bool = False, margin: tuple | None = None
+                  ) -> torch.Tensor:
+    "Boolean `[N]`: `max_j |d l_i / d a_ij| > active_tol` for `softmax_cross_entropy`."
+    idx = ids[:, None]
+    t, _ = target_logit(logits.gather(1, idx), margin)
+    fill = torch.finfo(logits.dtype).min if exclude_target else t
+    q = torch.softmax(logits.scatter(1, idx, fill), dim=1)              # (N, C)
+    own = 1 - q.gather(1, idx).squeeze(1)                               # |q_iy - 1|
+    return torch.maximum(q.scatter(1, idx, 0).amax(1), own) > active_tol
 
 # %% ../nbs/13_proxies.ipynb #16801c21
 class ProxyNCALoss(ClassVectorLoss):
-    "ProxyNCA (eq. 1): softmax over `-softmax_scale * ||x_hat - p_hat||^2` to all proxies, as PML's `ProxyNCALoss`."
+    "ProxyNCA (eq. 1): a softmax over `-sigma ||x_hat - p_hat||^2`, as PML's."
     def __init__(self,
                  num_classes: int,                # C: one proxy per class
                  embedding_size: int,             # d
-                 softmax_scale: float = 1.0,      # sigma in eq. 1; PML's default 1 keeps the logits in [-4, 0] (a flat softmax); the chapter trains with 8
-                 exclude_positive: bool = False,  # True: the paper's denominator without the own proxy
-                 seed: int | None = None,         # proxies ~ N(0, I) from this seed; None: global RNG
-                 active_tol: float = 0.01,        # a sample is active when max_j |dl_i/da_ij| > active_tol
+                 softmax_scale: float = 1.0,      # sigma in eq. 1 (PML: 1; we train: 8)
+                 exclude_positive: bool = False,  # True: the paper's denominator, no y_i
+                 seed: int | None = None,         # proxies ~ N(0, I); None: global RNG
+                 active_tol: float = 0.01,        # active: max_j |dl_i/da_ij| > this
+                 reduction: str = "mean",         # "mean", "sum", "none" (the l_i)
                 ):
-        super().__init__(num_classes, embedding_size, active_tol)
+        super().__init__(num_classes, embedding_size, active_tol, reduction)
         if exclude_positive and num_classes < 2:
-            raise ValueError("`exclude_positive=True` needs num_classes >= 2: the denominator of eq. 1 would be empty.")
+            raise ValueError("`exclude_positive=True` needs num_classes >= 2: the "
+                             "denominator of eq. 1 would be empty.")
         self.softmax_scale = check_number("softmax_scale", softmax_scale, positive=True)
         self.exclude_positive = exclude_positive
         self.proxies = init_class_vectors(num_classes, embedding_size, seed)
@@ -106,49 +160,58 @@ class ProxyNCALoss(ClassVectorLoss):
     def class_vectors(self): return self.proxies
 
     def logits(self, embeddings):
-        "`a_ij = -sigma * ||x_hat_i - p_hat_j||^2`, `[N, C]`."
+        "`a_ij = -sigma * ||x_hat_i - p_hat_j||^2`, `[N, C]` (eq. 1)."
         x_hat = safe_normalize(embeddings)                               # (N, d)
         p_hat = safe_normalize(self.vectors_like(embeddings))            # (C, d)
         return -self.softmax_scale * squared_euclidean_distances(x_hat, p_hat)  # (N, C)
 
-    def compute(self, embeddings, labels):
-        return softmax_cross_entropy(self.logits(embeddings), labels, self.exclude_positive).mean()
+    def shifted_logits(self, embeddings):
+        "`a_ij + sigma ||x_hat_i||^2 = 2 sigma x_hat_i.p_hat_j - sigma ||p_hat_j||^2`."
+        sigma = self.softmax_scale
+        x_hat = safe_normalize(embeddings)
+        p_hat = safe_normalize(self.vectors_like(embeddings))
+        bias = -sigma * (p_hat * p_hat).sum(1).detach()    # 0 or -sigma: no gradient
+        return torch.addmm(bias, x_hat, p_hat.T, alpha=2 * sigma)       # (N, C)
 
-    @torch.no_grad()
-    def active_ratio(self, embeddings, labels):
-        "Fraction of samples whose logit gradient has an entry above `active_tol` (always 1 with `exclude_positive`)."
-        self.check_inputs(embeddings, labels)
-        logits = self.logits(embeddings.to(compute_dtype(embeddings)))
-        return softmax_active(logits, labels, self.active_tol, self.exclude_positive).float().mean()
+    def compute(self, embeddings, labels):
+        logits = self.shifted_logits(embeddings)  # a row constant cancels in a softmax
+        return self.reduce(softmax_cross_entropy(logits, labels, self.exclude_positive))
+
+    def active_terms(self, embeddings, labels):
+        "Per sample: a logit gradient above `active_tol` (always, `exclude_positive`)."
+        logits = self.shifted_logits(embeddings)
+        active = softmax_active(logits, labels, self.active_tol, self.exclude_positive)
+        return active, torch.ones_like(active)
 
 # %% ../nbs/13_proxies.ipynb #277999b9
 class CenterLoss(ClassVectorLoss):
-    "Center loss (Wen et al. 2016, as a batch mean): `1/(2N) sum_i ||x_i - c_{y_i}||^2` with learnable centres."
+    "Center loss (Wen et al. 2016, as a batch mean): `1/(2N) sum_i ||x_i - c_{y_i}||^2`."
     def __init__(self,
                  num_classes: int,           # C: one centre per class
                  embedding_size: int,        # d
-                 seed: int | None = None,    # centres ~ N(0, I) from this seed; None: global RNG
-                 active_tol: float = 0.01,   # a sample is active when ||x_i - c_{y_i}|| > active_tol
+                 seed: int | None = None,    # centres ~ N(0, I); None: global RNG
+                 active_tol: float = 0.01,   # active: ||x_i - c_{y_i}|| > active_tol
+                 reduction: str = "mean",    # "mean", "sum", "none" (|x_i - c_y|^2 / 2)
                 ):
-        super().__init__(num_classes, embedding_size, active_tol)
+        super().__init__(num_classes, embedding_size, active_tol, reduction)
         self.centers = init_class_vectors(num_classes, embedding_size, seed)
 
     def class_vectors(self): return self.centers
 
     def compute(self, embeddings, labels):
-        diff = embeddings - self.vectors_like(embeddings)[labels]       # (N, d)  x_i - c_{y_i}
-        return 0.5 * (diff * diff).sum(1).mean()
+        diff = embeddings - self.vectors_like(embeddings)[labels]   # (N, d) x_i - c_{y_i}
+        return self.reduce(0.5 * (diff * diff).sum(1))
+
+    def active_terms(self, embeddings, labels):
+        "Per sample: `||x_i - c_{y_i}|| > active_tol`."
+        diff = embeddings - self.vectors_like(embeddings)[labels]
+        active = diff.norm(dim=1) > self.active_tol
+        return active, torch.ones_like(active)
 
     @torch.no_grad()
-    def active_ratio(self, embeddings, labels):
-        "Fraction of samples with `||x_i - c_{y_i}|| > active_tol`."
-        self.check_inputs(embeddings, labels)
-        x = embeddings.to(compute_dtype(embeddings))
-        return ((x - self.vectors_like(x)[labels]).norm(dim=1) > self.active_tol).float().mean()
-
-    @torch.no_grad()
-    def update_centers_(self, embeddings: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5) -> None:
-        "The paper's centre update (eq. 3), in place; use it instead of (not with) optimizing `centers`."
+    def update_centers_(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                        alpha: float = 0.5) -> None:
+        "The paper's centre update (eq. 3), in place; instead of optimizing `centers`."
         self.check_inputs(embeddings, labels)
         c = self.centers
         x = embeddings.detach().to(c.dtype)
@@ -158,94 +221,107 @@ class CenterLoss(ClassVectorLoss):
 
 # %% ../nbs/13_proxies.ipynb #96ffd108
 def additive_angular_margin(cos: torch.Tensor, margin: float) -> torch.Tensor:
-    "`psi(theta)` of eq. 5 from `cos(theta)` without acos: `cos(theta + m)`, or `cos(theta) - m sin m` past `pi - m` (`margin` in radians)."
+    "`psi(theta)` of eq. 5 from `cos(theta)`, without acos (`margin` m in radians)."
     sin = safe_sqrt((1 - cos * cos).clamp_min(0))
-    return torch.where(cos >= -math.cos(margin), cos * math.cos(margin) - sin * math.sin(margin),
+    return torch.where(cos >= -math.cos(margin),                     # theta <= pi - m
+                       cos * math.cos(margin) - sin * math.sin(margin),
                        cos - margin * math.sin(margin))
 
 class ArcFaceLoss(ClassVectorLoss):
-    "ArcFace (Deng et al. 2019, eq. 3): scaled cosine softmax with an additive angular margin on the own class."
+    "ArcFace (Deng et al. 2019, eq. 3): a cosine softmax, an angular margin on y_i."
     def __init__(self,
                  num_classes: int,          # C: one weight vector per class
                  embedding_size: int,       # d
-                 margin: float = 28.6,      # m in eq. 5, in degrees (PML's default, ~0.5 rad)
+                 margin: float = 28.6,      # m in eq. 5, in degrees (PML's, ~0.5 rad)
                  scale: float = 64.0,       # s in eq. 5
-                 seed: int | None = None,   # weights ~ N(0, I) from this seed; None: global RNG
-                 active_tol: float = 0.01,  # a sample is active when max_j |dl_i/da_ij| > active_tol
+                 seed: int | None = None,   # weights ~ N(0, I); None: global RNG
+                 active_tol: float = 0.01,  # active: max_j |dl_i/da_ij| > active_tol
+                 reduction: str = "mean",   # "mean", "sum" or "none" (per-sample l_i)
                 ):
-        super().__init__(num_classes, embedding_size, active_tol)
-        if not 0 <= margin < 180: raise ValueError(f"`margin` is an angle in degrees in [0, 180); got {margin}.")
+        super().__init__(num_classes, embedding_size, active_tol, reduction)
+        if not 0 <= margin < 180:
+            raise ValueError(f"`margin` is an angle in degrees in [0, 180); "
+                             f"got {margin}.")
         self.margin, self.scale = margin, check_number("scale", scale, positive=True)
         self.weights = init_class_vectors(num_classes, embedding_size, seed)
 
     def class_vectors(self): return self.weights
 
+    def margin_spec(self):
+        "The margin as `softmax_cross_entropy` takes it: angular, m in radians, scale s."
+        return ("angular", math.radians(self.margin), self.scale)
+
     def logits(self, embeddings, labels):
-        "`a_ij` of eq. 5, `[N, C]`."
-        cos = self.cosines(embeddings)                                                              # (N, C)
-        target = target_mask(labels, self.num_classes)                                               # (N, C)
-        return self.scale * torch.where(target, additive_angular_margin(cos, math.radians(self.margin)), cos)
+        "`a_ij` of eq. 5, `[N, C]`: `s cos(theta_ij)`, the own class `s psi(theta_iy)`."
+        scaled = self.cosines(embeddings, self.scale)                          # (N, C)
+        idx = labels[:, None]
+        target, _ = target_logit(scaled.gather(1, idx), self.margin_spec())
+        return scaled.scatter(1, idx, target)
 
     def compute(self, embeddings, labels):
-        return softmax_cross_entropy(self.logits(embeddings, labels), labels).mean()
+        scaled = self.cosines(embeddings, self.scale)                 # s cos, (N, C)
+        ce = softmax_cross_entropy(scaled, labels, margin=self.margin_spec())
+        return self.reduce(ce)
 
-    @torch.no_grad()
-    def active_ratio(self, embeddings, labels):
-        "Fraction of samples whose logit gradient has an entry above `active_tol`."
-        self.check_inputs(embeddings, labels)
-        logits = self.logits(embeddings.to(compute_dtype(embeddings)), labels)
-        return softmax_active(logits, labels, self.active_tol).float().mean()
+    def active_terms(self, embeddings, labels):
+        "Per sample: a logit gradient above `active_tol`."
+        scaled = self.cosines(embeddings, self.scale)
+        active = softmax_active(scaled, labels, self.active_tol,
+                                margin=self.margin_spec())
+        return active, torch.ones_like(active)
 
 # %% ../nbs/13_proxies.ipynb #32ffb4e3
 class CenterContrastiveLoss(ClassVectorLoss):
-    "Center Contrastive Loss (Cai et al. 2023), **reconstructed**: margin softmax over the centre bank + pull to the own centre (eqs. 6-7)."
+    "Center Contrastive Loss (Cai et al. 2023), reconstructed: eqs. 6-7."
     def __init__(self,
                  num_classes: int,              # C: one centre per class
                  embedding_size: int,           # d
                  scale: float = 32.0,           # s in eq. 6 (our choice; not public)
-                 margin: float = 0.1,           # m in eq. 6: cosine units, or degrees if margin_type="angular"
-                 margin_type: str = "cosine",   # "cosine" (s(cos - m)) or "angular" (s cos(theta + m), eq. 5)
+                 margin: float = 0.1,           # m (eq. 6): cosine units, or degrees
+                 margin_type: str = "cosine",   # "cosine": s(cos - m); "angular": eq. 5
                  pull_weight: float = 1.0,      # lambda in eq. 7 (our choice; not public)
-                 seed: int | None = None,       # centres ~ N(0, I) from this seed; None: global RNG
+                 seed: int | None = None,       # centres ~ N(0, I); None: global RNG
                  active_tol: float = 0.01,      # see the active rule above
+                 reduction: str = "mean",       # "mean", "sum" or "none" (per-sample l_i)
                 ):
-        super().__init__(num_classes, embedding_size, active_tol)
-        if margin_type not in ("cosine", "angular"):
-            raise ValueError(f"`margin_type` must be 'cosine' or 'angular'; got {margin_type!r}.")
-        self.scale, self.margin = check_number("scale", scale, positive=True), check_number("margin", margin)
-        self.margin_type, self.pull_weight = margin_type, check_number("pull_weight", pull_weight, minimum=0)
+        super().__init__(num_classes, embedding_size, active_tol, reduction)
+        check_choice("margin_type", margin_type, ("cosine", "angular"))
+        self.scale = check_number("scale", scale, positive=True)
+        self.margin = check_number("margin", margin)
+        self.margin_type = margin_type
+        self.pull_weight = check_number("pull_weight", pull_weight, minimum=0)
         self.centers = init_class_vectors(num_classes, embedding_size, seed)
 
     def class_vectors(self): return self.centers
 
-    def terms(self, embeddings, labels):
-        "Logits `a_ij` `[N, C]` (eq. 6) and the own-centre cosines `[N]`."
-        cos = self.cosines(embeddings)                                                              # (N, C)
-        target = target_mask(labels, self.num_classes)                                               # (N, C)
-        own = cos.gather(1, labels[:, None]).squeeze(1)                                              # (N,)
-        if self.margin_type == "cosine": with_margin = cos - self.margin
-        else: with_margin = additive_angular_margin(cos, math.radians(self.margin))
-        return self.scale * torch.where(target, with_margin, cos), own
+    def margin_spec(self):
+        "The margin as `softmax_cross_entropy` takes it."
+        m = self.margin if self.margin_type == "cosine" else math.radians(self.margin)
+        return (self.margin_type, m, self.scale)
 
     def compute(self, embeddings, labels):
-        logits, own = self.terms(embeddings, labels)
-        return (softmax_cross_entropy(logits, labels) + self.pull_weight * (1 - own)).mean()
+        scaled = self.cosines(embeddings, self.scale)                 # s cos, (N, C)
+        ce, own = softmax_cross_entropy(scaled, labels, margin=self.margin_spec(),
+                                        with_own=True)
+        return self.reduce(ce + self.pull_weight * (1 - own / self.scale))   # eq. 7
 
-    @torch.no_grad()
-    def active_ratio(self, embeddings, labels):
-        "Fraction of samples whose softmax term or pull term has a gradient above `active_tol`."
-        self.check_inputs(embeddings, labels)
-        logits, own = self.terms(embeddings.to(compute_dtype(embeddings)), labels)
+    def active_terms(self, embeddings, labels):
+        "Per sample: the softmax term or the pull term has a gradient above `active_tol`."
+        scaled = self.cosines(embeddings, self.scale)
+        own = scaled.gather(1, labels[:, None]).squeeze(1) / self.scale
         pull_grad = self.pull_weight * safe_sqrt((1 - own * own).clamp_min(0))
-        return (softmax_active(logits, labels, self.active_tol) | (pull_grad > self.active_tol)).float().mean()
+        soft = softmax_active(scaled, labels, self.active_tol, margin=self.margin_spec())
+        active = soft | (pull_grad > self.active_tol)
+        return active, torch.ones_like(active)
 
     @torch.no_grad()
-    def update_centers_(self, embeddings: torch.Tensor, labels: torch.Tensor, momentum: float = 0.9) -> None:
-        "Moving-average bank update for the classes in the batch (one reading of 'updated in real-time'), in place."
+    def update_centers_(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                        momentum: float = 0.9) -> None:
+        "A moving-average update of the classes in the batch, in place."
         self.check_inputs(embeddings, labels)
         c = self.centers
         x_hat = safe_normalize(embeddings.detach().to(c.dtype))
-        n = class_counts(labels, self.num_classes, dtype=c.dtype)[:, None]            # (C, 1)
-        mean = class_sums(x_hat, labels, self.num_classes) / n.clamp_min(1)           # (C, d)
+        n = class_counts(labels, self.num_classes, dtype=c.dtype)[:, None]    # (C, 1)
+        mean = class_sums(x_hat, labels, self.num_classes) / n.clamp_min(1)   # (C, d)
         new = F.normalize(momentum * safe_normalize(c) + (1 - momentum) * mean, dim=1)
         c.copy_(torch.where(n > 0, new, c))

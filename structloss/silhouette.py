@@ -10,13 +10,14 @@ Docs: https://structloss.github.io/structloss/silhouette.html.md"""
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-from .core import EmbeddingLoss, check_embeddings_labels, compute_dtype
-from .geometry import check_metric
-from .metrics import silhouette_parts
+from .core import EmbeddingLoss, check_choice, check_embeddings_labels
+from .core import compute_dtype
+from .geometry import (check_metric, class_counts, class_index, class_sums,
+                                 euclidean_distances, safe_normalize)
 
 # %% auto #0
-__all__ = ['SOFT_MINS', 'TEMPERATURE_SCALES', 'LOSS_FORMS', 'smooth_max', 'distance_scale', 'soft_silhouette_samples',
-           'SoftSilhouetteLoss']
+__all__ = ['SOFT_MINS', 'TEMPERATURE_SCALES', 'REDUCTIONS', 'LOSS_FORMS', 'smooth_max', 'class_distances', 'distance_scale',
+           'soft_silhouette_samples', 'SoftSilhouetteLoss']
 
 # %% ../nbs/10_silhouette.ipynb #bf085a4d
 def smooth_max(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -26,121 +27,188 @@ def smooth_max(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Te
 # %% ../nbs/10_silhouette.ipynb #096adeb7
 SOFT_MINS = ("logsumexp", "softmax")
 TEMPERATURE_SCALES = ("absolute", "relative")
+REDUCTIONS = ("mean", "sum", "none")
+
+def class_distances(z: torch.Tensor, # anchors [N, d]
+                    ids: torch.Tensor, # their class ids in [0, C) [N]
+                    ref: torch.Tensor, # reference rows [M, d] (the batch itself: `z`)
+                    ref_ids: torch.Tensor, # their class ids [M]
+                    num_classes: int, # C
+                    metric: str = "cosine", # d (eq. 7)
+                    self_in_ref: bool = True, # rows 0..N-1 of `ref` are `z`: skip j = i
+                    block_size: int = 2048, # rows per block (euclidean only)
+                   ):
+    "`a(i)` `[N]` (eq. 8), `d(i, c)` `[N, C]` (eq. 9), class sizes `[C]`, mates `[N]`."
+    C = num_classes
+    n = class_counts(ref_ids, C, dtype=z.dtype)                       # (C,) n_c
+    if metric == "cosine":             # d(i, c) = 1 - z_i . mu_c: one N x C product
+        z_hat = safe_normalize(z)
+        r_hat = z_hat if ref is z else safe_normalize(ref)
+        mu = class_sums(r_hat, ref_ids, C) / n.clamp_min(1)[:, None]   # (C, d)
+        d_ic = torch.addmm(z.new_ones(()), z_hat, mu.T, alpha=-1)      # (N, C)
+        self_d = 1 - (z_hat * z_hat).sum(1)     # d(i, i): 0, or 1 for a zero vector
+    elif metric == "sqeuclidean":      # d(i, c) = |z_i|^2 - 2 z_i . mu_c + mean_c |r|^2
+        shift = ref.detach().mean(0, keepdim=True)   # no effect on d; avoids cancellation
+        z = z - shift
+        r = z if ref is z else ref - shift
+        sq_z = (z * z).sum(1)
+        sq_r = sq_z if ref is z else (r * r).sum(1)
+        mu = class_sums(r, ref_ids, C) / n.clamp_min(1)[:, None]
+        q = class_sums(sq_r[:, None], ref_ids, C)[:, 0] / n.clamp_min(1)
+        d_ic = torch.addmm(q[None, :], z, mu.T, alpha=-2).add_(sq_z[:, None]).clamp_min(0)
+        self_d = torch.zeros_like(sq_z)
+    else:                              # euclidean: no class-sum form; blocks of rows
+        blocks = []
+        for start in range(0, len(z), block_size):                # a loop over blocks
+            D = euclidean_distances(z[start:start + block_size], ref)     # (B, M)
+            if self_in_ref:                                               # d(i, i) = 0
+                D = D.diagonal_scatter(D.new_zeros(len(D)), start)
+            blocks.append(D.new_zeros(len(D), C).index_add(1, ref_ids, D))  # (B, C)
+        d_ic = torch.cat(blocks) / n.clamp_min(1)
+        self_d = d_ic.new_zeros(len(z))
+    n_y = n[ids]                                                       # (N,) n_{y_i}
+    mates = n_y - 1 if self_in_ref else n_y                            # |P(i)|
+    own_sum = n_y * d_ic.gather(1, ids[:, None]).squeeze(1)            # over class y_i
+    if self_in_ref: own_sum = own_sum - self_d                         # ... without i
+    a = own_sum.clamp_min(0) / mates.clamp_min(1)                      # eq. 8
+    return a, d_ic, n, mates
 
 def distance_scale(d_ic: torch.Tensor, # d(i, c) [N, C] (eq. 9)
                    other: torch.Tensor, # mask of the other classes present [N, C]
                   ) -> torch.Tensor:
-    "The batch's distance scale: mean d(i, c) over samples i and other classes c, detached (0-dim)."
+    "The batch's distance scale: mean d(i, c) over samples i, other classes c; detached."
     w = other.to(d_ic.dtype)
-    return ((d_ic.detach() * w).sum() / w.sum().clamp_min(1)).clamp_min(1e-12)  # no host sync
+    return ((d_ic.detach() * w).sum() / w.sum().clamp_min(1)).clamp_min(1e-12)  # no sync
+
+def _class_ids(labels, ref_labels, num_classes):
+    "Class ids of the anchors and of the reference rows, and C (without C: one unique)."
+    if ref_labels is labels:
+        ids, C = class_index(labels, num_classes)
+        return ids, ids, C
+    ids, C = class_index(torch.cat([labels, ref_labels]), num_classes)
+    return ids[:len(labels)], ids[len(labels):], C
 
 def _soft_silhouette(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
                      softmin_temperature: float | None = None, metric: str = "cosine",
-                     soft_min: str = "softmax", eps: float = 1e-8, num_classes: int | None = None,
-                     temperature_scale: str = "absolute"):
-    "Eqs. 7-13 on checked inputs: (s_tilde, defined, singleton with other classes), each `[N]`."
+                     soft_min: str = "softmax", eps: float = 1e-8,
+                     num_classes: int | None = None, temperature_scale: str = "absolute",
+                     ref_emb: torch.Tensor | None = None,
+                     ref_labels: torch.Tensor | None = None, self_in_ref: bool = False):
+    "Eqs. 7-13 on checked inputs: (s_tilde, defined, anchor without mates), each `[N]`."
+    if ref_emb is None: ref_emb, ref_labels, self_in_ref = z, labels, True  # the batch
     tau = temperature
     beta = temperature if softmin_temperature is None else softmin_temperature
-    a, d_ic, other, n_own = silhouette_parts(z, labels, metric, num_classes)  # eqs. 8-9
-    if temperature_scale == "relative":             # tau, beta in units of the batch's d(i, c)
+    ids, ref_ids, C = _class_ids(labels, ref_labels, num_classes)
+    a, d_ic, n, mates = class_distances(z, ids, ref_emb, ref_ids, C, metric, self_in_ref)
+    present = n > 0                                                    # (C,) in ref
+    has_other = present.sum() > present[ids].long()                   # (N,) a c != y_i
+    if temperature_scale == "relative":          # tau, beta in units of the d(i, c)
+        other = present[None, :] & (ids[:, None] != torch.arange(C, device=z.device))
         scale = distance_scale(d_ic, other)
         tau, beta = tau * scale, beta * scale
-    has_other = other.any(1)
-    logits = (-d_ic / beta).masked_fill(~other, float("-inf"))
-    logits = torch.where(has_other[:, None], logits, torch.zeros_like(logits))   # keep rows finite
-    if soft_min == "logsumexp":
-        b = -beta * torch.logsumexp(logits, dim=1)                  # eq. 10a (log-sum-exp soft-min)
-    else:
-        b = (torch.softmax(logits, dim=1) * d_ic.masked_fill(~other, 0)).sum(1)  # eq. 10b
-    defined = (n_own > 1) & has_other
-    s = (b - a) / (smooth_max(a, b, tau) + eps)                     # eqs. 11', 13
-    return torch.where(defined, s, torch.zeros_like(s)), defined, (n_own == 1) & has_other
+    low = torch.finfo(d_ic.dtype).min            # a finite "-inf": rows stay finite
+    logits = torch.where(present, -d_ic / beta, low)                   # (N, C)
+    logits = logits.scatter(1, ids[:, None], low)   # own class out, absent classes out
+    if soft_min == "logsumexp":                     # eq. 10a (log-sum-exp soft-min)
+        b = -beta * torch.where(has_other, torch.logsumexp(logits, dim=1), 0)
+    else:                                           # eq. 10b; weights 0 where masked
+        b = torch.linalg.vecdot(torch.softmax(logits, dim=1), d_ic)
+    defined = (mates > 0) & has_other
+    s = (b - a) / (smooth_max(a, b, tau) + eps)                        # eqs. 11', 13
+    return torch.where(defined, s, 0), defined, (mates == 0) & has_other
 
 def _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps,
                                 temperature_scale="absolute"):
     check_metric(metric)
-    if soft_min not in SOFT_MINS:
-        raise ValueError(f"`soft_min` must be one of {SOFT_MINS}; got {soft_min!r}.")
-    if temperature_scale not in TEMPERATURE_SCALES:
-        raise ValueError(f"`temperature_scale` must be one of {TEMPERATURE_SCALES}; "
-                         f"got {temperature_scale!r}.")
-    for name, value in (("temperature", temperature), ("softmin_temperature", softmin_temperature)):
+    check_choice("soft_min", soft_min, SOFT_MINS)
+    check_choice("temperature_scale", temperature_scale, TEMPERATURE_SCALES)
+    for name, value in (("temperature", temperature),
+                        ("softmin_temperature", softmin_temperature)):
         if value is not None and not value > 0:
             raise ValueError(f"`{name}` must be > 0; got {value!r}.")
     if not eps >= 0: raise ValueError(f"`eps` must be >= 0; got {eps!r}.")
 
 # %% ../nbs/10_silhouette.ipynb #e3a7a58f
 def soft_silhouette_samples(embeddings: torch.Tensor, labels: torch.Tensor,
-                            temperature: float = 0.1, # tau, smooth-max temperature (eq. 11)
-                            softmin_temperature: float | None = None, # beta (eq. 10); None: tau
-                            metric: str = "cosine", # d (eq. 7): cosine, sqeuclidean, euclidean
-                            soft_min: str = "softmax", # eq. 10: "softmax" (10b), "logsumexp" (10a)
+                            temperature: float = 0.1, # tau, smooth max (eq. 11)
+                            softmin_temperature: float | None = None, # beta; None: tau
+                            metric: str = "cosine", # d (eq. 7)
+                            soft_min: str = "softmax", # "softmax" (10b) or "logsumexp"
                             eps: float = 1e-8, # guard in the denominator of eq. 13
-                            num_classes: int | None = None, # ids in [0, num_classes): no unique
-                            temperature_scale: str = "absolute", # "relative": x batch's d(i, c)
+                            num_classes: int | None = None, # ids in [0, C): no unique
+                            temperature_scale: str = "absolute", # or "relative"
                            ) -> torch.Tensor:
-    "Soft silhouette `s~(i)` of each sample (eq. 13); 0 without class-mates or other classes."
+    "Soft silhouette `s~(i)` of each sample (eq. 13); 0 without class-mates or others."
     _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps,
                                 temperature_scale)
     check_embeddings_labels(embeddings, labels)
     z = embeddings.to(compute_dtype(embeddings))
-    s, _, _ = _soft_silhouette(z, labels, temperature, softmin_temperature, metric, soft_min, eps,
-                               num_classes, temperature_scale)
+    s, _, _ = _soft_silhouette(z, labels, temperature, softmin_temperature, metric,
+                               soft_min, eps, num_classes, temperature_scale)
     return s.to(embeddings.dtype)
 
 # %% ../nbs/10_silhouette.ipynb #054d64fd
 LOSS_FORMS = ("one_minus_mean", "negative_mean")
 
 class SoftSilhouetteLoss(EmbeddingLoss):
-    "Soft Silhouette loss (Todescato & Carbonera 2026, eqs. 7-14, reconstructed): `1 - mean s~(i)`."
+    "Soft Silhouette loss (Todescato & Carbonera 2026, eqs. 7-14): `1 - mean s~(i)`."
+    supports_reference = True   # a(i), d(i, c) from a reference set (e.g. a memory)
+
     def __init__(self,
                  temperature: float = 0.1, # tau, smooth-max temperature (eq. 11)
-                 softmin_temperature: float | None = None, # beta, soft-min (eq. 10); None: tau
-                 metric: str = "cosine", # d (eq. 7): "cosine", "sqeuclidean" or "euclidean"
-                 soft_min: str = "softmax", # eq. 10: "softmax" (10b) or "logsumexp" (10a)
+                 softmin_temperature: float | None = None, # beta (eq. 10); None: tau
+                 metric: str = "cosine", # d (eq. 7): cosine, sqeuclidean, euclidean
+                 soft_min: str = "softmax", # eq. 10: "softmax" (10b), "logsumexp" (10a)
                  eps: float = 1e-8, # guard in the denominator of eq. 13
-                 loss_form: str = "one_minus_mean", # eq. 14: "one_minus_mean", "negative_mean"
-                 singletons: str = "exclude", # no class-mate: "exclude" from the mean, or "zero"
-                 num_classes: int | None = None, # ids in [0, num_classes): no unique, no GPU sync
-                 active_tol: float = 1e-3, # a sample is active when its term 1 - s~(i) exceeds this
-                 temperature_scale: str = "absolute", # "relative": tau, beta x batch's d(i, c)
+                 loss_form: str = "one_minus_mean", # eq. 14: or "negative_mean"
+                 singletons: str = "exclude", # no class-mate: "exclude" from V, or "zero"
+                 num_classes: int | None = None, # ids in [0, C): no unique, no GPU sync
+                 active_tol: float = 1e-3, # active: the term 1 - s~(i) exceeds this
+                 temperature_scale: str = "absolute", # "relative": x batch's d(i, c)
+                 reduction: str = "mean", # "mean" over V (eq. 14), "sum", "none": [N]
                 ):
         super().__init__()
-        _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min, eps,
-                                    temperature_scale)
-        if loss_form not in LOSS_FORMS:
-            raise ValueError(f"`loss_form` must be one of {LOSS_FORMS}; got {loss_form!r}.")
-        if singletons not in ("exclude", "zero"):
-            raise ValueError(f"`singletons` must be 'exclude' or 'zero'; got {singletons!r}.")
+        _check_soft_silhouette_args(temperature, softmin_temperature, metric, soft_min,
+                                    eps, temperature_scale)
+        check_choice("loss_form", loss_form, LOSS_FORMS)
+        check_choice("singletons", singletons, ("exclude", "zero"))
         self.temperature, self.softmin_temperature = temperature, softmin_temperature
-        self.metric, self.soft_min, self.eps, self.loss_form = metric, soft_min, eps, loss_form
-        self.singletons, self.num_classes, self.active_tol = singletons, num_classes, active_tol
+        self.metric, self.soft_min, self.eps = metric, soft_min, eps
+        self.loss_form, self.singletons = loss_form, singletons
+        self.num_classes, self.active_tol = num_classes, active_tol
         self.temperature_scale = temperature_scale
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
 
-    def scores(self, embeddings, labels):
-        "`(s~, defined, singleton)`, each `[N]`, on checked inputs (singleton: no class-mate)."
-        return _soft_silhouette(embeddings, labels, self.temperature, self.softmin_temperature,
-                                self.metric, self.soft_min, self.eps, self.num_classes,
-                                self.temperature_scale)
+    def scores(self, embeddings, labels, **ref):
+        "`(s~, defined, singleton)`, each `[N]`, on checked inputs (singleton: no mate)."
+        return _soft_silhouette(embeddings, labels, self.temperature,
+                                self.softmin_temperature, self.metric, self.soft_min,
+                                self.eps, self.num_classes, self.temperature_scale, **ref)
 
-    def compute(self, embeddings, labels):
-        s, defined, singleton = self.scores(embeddings, labels)
-        if self.singletons == "zero": defined = defined | singleton  # count them as 0 ...
-        count = defined.sum()
-        mean_s = s.sum() / count.clamp_min(1)    # ... or leave them out (undefined s~ are 0 here)
-        if self.loss_form == "one_minus_mean":
-            return torch.where(count > 0, 1 - mean_s, mean_s * 0)  # nothing to learn: 0
-        return -mean_s
+    def terms(self, embeddings, labels, **ref):
+        "Per-sample terms `[N]` (`1 - s~(i)` or `-s~(i)`; 0 outside V) and the mask of V."
+        s, defined, singleton = self.scores(embeddings, labels, **ref)
+        if self.singletons == "zero": defined = defined | singleton   # in V, s~ = 0
+        term = 1 - s if self.loss_form == "one_minus_mean" else -s
+        return torch.where(defined, term, 0), defined
 
-    def active_ratio(self, embeddings, labels):
-        "Fraction of samples whose s~(i) is defined and whose term 1 - s~(i) exceeds `active_tol`."
-        with torch.no_grad():
-            check_embeddings_labels(embeddings, labels)
-            s, defined, _ = self.scores(embeddings.to(compute_dtype(embeddings)), labels)
-            return (defined & (1 - s > self.active_tol)).float().mean()
+    def compute(self, embeddings, labels, ref_emb=None, ref_labels=None,
+                self_in_ref=False):
+        term, defined = self.terms(embeddings, labels, ref_emb=ref_emb,
+                                   ref_labels=ref_labels, self_in_ref=self_in_ref)
+        if self.reduction == "none": return term
+        if self.reduction == "sum": return term.sum()
+        return term.sum() / defined.sum().clamp_min(1)   # mean over V; V empty: 0
+
+    def active_terms(self, embeddings, labels, **ref):
+        "Per sample: active when s~(i) is defined and 1 - s~(i) exceeds `active_tol`."
+        s, defined, _ = self.scores(embeddings, labels, **ref)
+        return defined & (1 - s > self.active_tol), torch.ones_like(defined)
 
     def extra_repr(self):
-        return (f"temperature={self.temperature}, softmin_temperature={self.softmin_temperature}, "
+        return (f"temperature={self.temperature}, "
+                f"softmin_temperature={self.softmin_temperature}, "
                 f"metric={self.metric!r}, soft_min={self.soft_min!r}, "
-                f"loss_form={self.loss_form!r}, "
-                f"singletons={self.singletons!r}, temperature_scale={self.temperature_scale!r}")
+                f"loss_form={self.loss_form!r}, singletons={self.singletons!r}, "
+                f"temperature_scale={self.temperature_scale!r}, "
+                f"reduction={self.reduction!r}")

@@ -210,3 +210,92 @@ def test_normalize_zero_rows_and_bad_flag():
     out = GraphSmoothnessLoss()(x, torch.tensor([0, 1, 0, 1])); out.backward()
     assert float(out.detach()) == 8.0 and torch.isfinite(x.grad).all()
     with pytest.raises(TypeError, match="normalize_embeddings"): GraphSmoothnessLoss(normalize_embeddings="yes")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference sets, reduction, an independent kNN (issues 10 and 11)
+
+def graph_ref_loop(z, y, R, yR, k=None, alpha=2.0, squared=False, symmetrize="or"):
+    "Eq. 2 from anchors z to a reference R (no anchor in R): nu in kNN(mu) among R; mu in kNN(nu) if added to R."
+    N, M = len(z), len(R)
+    def dist(a, b): s = ((a - b) ** 2).sum(); return s if squared else s.sqrt()
+    d = [[dist(z[m], R[n]) for n in range(M)] for m in range(N)]
+    drr = [[float(dist(R[i], R[j]).detach()) for j in range(M)] for i in range(M)]
+    kk = M if k is None else k
+    total = z.sum() * 0 + R.sum() * 0
+    for m in range(N):
+        d_k = sorted(float(v.detach()) for v in d[m])[kk - 1]
+        for n in range(M):
+            out = float(d[m][n].detach()) <= d_k
+            others = sorted(drr[n][j] for j in range(M) if j != n)
+            inn = kk >= M or float(d[m][n].detach()) <= others[kk - 1]
+            edge = {"or": out or inn, "and": out and inn, "none": out}[symmetrize]
+            if edge and y[m] != yR[n]: total = total + torch.exp(-alpha * d[m][n])
+    return total
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from(SYMMETRIZATIONS), st.booleans(), st.sampled_from(["sum", "mean", "none"]),
+       st.booleans())
+def test_reference_equal_to_the_batch_is_the_batch_loss(batch, sym, squared, reduction, norm):
+    "loss(x, y, ref_emb=x, ref_labels=y, self_in_ref=True) == loss(x, y): value, gradient, active ratio."
+    x, y, k = batch
+    loss = GraphSmoothnessLoss(k=k, symmetrize=sym, squared=squared, reduction=reduction,
+                               normalize_embeddings=norm)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    la, lb = loss(a, y), loss(b, y, ref_emb=b, ref_labels=y, self_in_ref=True)
+    assert_close(la, lb, atol=1e-10, rtol=1e-9)
+    la.sum().backward(); lb.sum().backward()
+    assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-8)
+    assert_close(loss.active_ratio(x, y), loss.active_ratio(x, y, ref_emb=x, ref_labels=y, self_in_ref=True))
+
+
+@settings(**SETTINGS)
+@given(st.integers(2, 6), st.integers(2, 8), st.integers(1, 3), st.integers(0, 10_000),
+       st.sampled_from(SYMMETRIZATIONS), st.booleans(), st.data())
+def test_reference_matches_loop(n, m, d, seed, sym, squared, data):
+    "Anchors against a separate reference set (generic points): value and gradients into both."
+    g = torch.Generator().manual_seed(seed)
+    z, R = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(m, d, generator=g, dtype=torch.float64)
+    y, yR = torch.randint(0, 3, (n,), generator=g), torch.randint(0, 3, (m,), generator=g)
+    k = data.draw(st.one_of(st.none(), st.integers(1, m - 1)))
+    a, b, ra, rb = (t.clone().requires_grad_() for t in (z, z, R, R))
+    la = RAW(k=k, symmetrize=sym, squared=squared, alpha=0.7)(a, y, ref_emb=ra, ref_labels=yR)
+    lb = graph_ref_loop(b, y, rb, yR, k=k, alpha=0.7, squared=squared, symmetrize=sym)
+    assert_close(la, lb, atol=1e-10, rtol=1e-9)
+    la.backward(); lb.backward()
+    assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8); assert_close(ra.grad, rb.grad, atol=1e-10, rtol=1e-8)
+
+
+def test_reference_gradcheck_and_errors():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    R = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y, yR = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 0, 1, 1, 2, 2, 0])
+    for kw in (dict(k=2), dict(k=3, symmetrize="and", squared=True), dict(), dict(k=4, symmetrize="none")):
+        assert torch.autograd.gradcheck(lambda a, b: GraphSmoothnessLoss(**kw)(a, y, ref_emb=b, ref_labels=yR), (z, R))
+    with pytest.raises(ValueError, match="candidates per anchor in the reference set"):
+        RAW(k=8)(z, y, ref_emb=R, ref_labels=yR)
+    with pytest.raises(ValueError, match="`reduction` must be one of"): GraphSmoothnessLoss(reduction="avg")
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from(SYMMETRIZATIONS))
+def test_reduction_none_rows_sum_to_the_loss(batch, sym):
+    x, y, k = batch
+    rows = RAW(k=k, symmetrize=sym, reduction="none")(x, y)
+    assert rows.shape == (len(x),)
+    assert_close(rows.sum(), RAW(k=k, symmetrize=sym)(x, y), atol=1e-12, rtol=1e-10)
+    assert_close(rows.mean(), RAW(k=k, symmetrize=sym, reduction="mean")(x, y), atol=1e-12, rtol=1e-10)
+
+
+def test_knn_graph_matches_scikit_learn():
+    "Generic points (no ties): the directed kNN relation is scikit-learn's kneighbors_graph."
+    from sklearn.neighbors import kneighbors_graph
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    for k in (1, 3, 10):
+        A = knn_graph(squared_euclidean_distances(x), k, "none")
+        S = torch.from_numpy(kneighbors_graph(x.numpy(), k, include_self=False).toarray()).bool()
+        assert torch.equal(A, S)
+        assert torch.equal(knn_graph(squared_euclidean_distances(x), k, "or"), S | S.T)

@@ -15,26 +15,27 @@ import pytest
 import torch
 
 from structloss.core import EmbeddingLoss
-from structloss.greediness import build_loss, find_losses
+from structloss.greediness import find_losses
 
 LOSSES = find_losses(verbose=False)
 C, D = 5, 6
 # the batch-global losses that must accept a reference set (issue: cross-batch memory, distributed)
 MUST_TAKE_REFERENCE = {"ContrastiveLoss", "TripletMarginLoss", "InfoNCELoss", "SupConLoss",
-                       "SoftSilhouetteLoss", "GraphSmoothnessLoss"}
+                       "SoftSilhouetteLoss", "GraphSmoothnessLoss", "MagnetLoss", "LatentBoostLoss"}
 MUST_HAVE_REDUCTION = {"ContrastiveLoss", "TripletMarginLoss", "InfoNCELoss", "SupConLoss",
-                       "SoftSilhouetteLoss", "ProxyNCALoss", "ArcFaceLoss"}
+                       "SoftSilhouetteLoss", "ProxyNCALoss", "ArcFaceLoss", "GraphSmoothnessLoss",
+                       "MagnetLoss", "LatentBoostLoss"}
 REFERENCE = sorted(n for n, c in LOSSES.items() if getattr(c, "supports_reference", False))
 WITH_REDUCTION = sorted(n for n, c in LOSSES.items()
                         if "reduction" in inspect.signature(c.__init__).parameters)
 
 
 def make(name, **kwargs):
-    cls = LOSSES[name]
-    if "num_classes" in inspect.signature(cls.__init__).parameters:
-        kwargs.setdefault("num_classes", C)
-    try: return build_loss(cls, C, D, **kwargs)
-    except TypeError: return build_loss(cls, C, D)
+    "The loss with `kwargs`, plus `num_classes` and `embedding_size` wherever its constructor takes them."
+    params = inspect.signature(LOSSES[name]).parameters
+    for key, value in (("num_classes", C), ("embedding_size", D)):
+        if key in params: kwargs.setdefault(key, value)
+    return LOSSES[name](**kwargs)
 
 
 def batch(seed=0, n=14):

@@ -423,3 +423,129 @@ def test_extra_logs_reports_the_kept_dimension():
     m(r, y)
     want = explained_variance_dim(torch.linalg.svdvals(r - r.mean(0)))
     assert int(m.extra_logs()["dim"]) == int(want)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# num_classes, reference sets, reduction, class sums (issues 10 and 11)
+
+from structloss.magnet import (magnet_terms_from_class_sums, within_cluster_sum_of_squares)
+from structloss.geometry import class_sums, class_counts
+
+
+def magnet_ref_loop(z, y, R, yR, alpha=1.0, eps=1e-12):
+    "Eqs. 1-2 with means and sigma^2 from a reference set (R, yR); anchors whose class R lacks give 0."
+    keys = sorted(set(yR.tolist()))
+    mu = {k: R[yR == k].mean(0) for k in keys}
+    sigma2 = (sum(((R[j] - mu[int(yR[j])]) ** 2).sum() for j in range(len(R))) / (len(R) - 1)).clamp_min(eps)
+    total = z.sum() * 0
+    for n in range(len(z)):
+        c = int(y[n])
+        others = [k for k in keys if k != c]
+        if c not in mu or not others: continue
+        num = torch.exp(-((z[n] - mu[c]) ** 2).sum() / (2 * sigma2) - alpha)
+        den = sum(torch.exp(-((z[n] - mu[k]) ** 2).sum() / (2 * sigma2)) for k in others)
+        total = total + torch.clamp(-torch.log(num / den), min=0)
+    return total / len(z)
+
+
+CLUSTER_LOSSES = [lambda **kw: MagnetLoss(**kw), lambda **kw: LatentBoostLoss(**kw),
+                  lambda **kw: LatentBoostLoss(pca=False, hinge=False, **kw),
+                  lambda **kw: LatentBoostLoss(beta_placement="factor", singleton_variance="eps", **kw)]
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from(range(len(CLUSTER_LOSSES))), st.sampled_from(["mean", "sum", "none"]))
+def test_reference_equal_to_the_batch_is_the_batch_loss(batch, i, reduction):
+    "loss(x, y, ref_emb=x, ref_labels=y, self_in_ref=True) == loss(x, y), value and gradient."
+    r, y = batch
+    m = CLUSTER_LOSSES[i](reduction=reduction)
+    a, b = r.clone().requires_grad_(), r.clone().requires_grad_()
+    la, lb = m(a, y), m(b, y, ref_emb=b, ref_labels=y, self_in_ref=True)
+    assert_close(la, lb, atol=1e-10, rtol=1e-9)
+    la.sum().backward(); lb.sum().backward()
+    assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-8)
+    assert_close(m.active_ratio(r, y), m.active_ratio(r, y, ref_emb=r, ref_labels=y, self_in_ref=True))
+
+
+@settings(**SETTINGS)
+@given(batches(), batches(), st.sampled_from([0.0, 1.0, 3.0]))
+def test_magnet_reference_matches_loop(batch, ref, alpha):
+    "Anchors from the batch, means and sigma^2 from another set; gradients into both."
+    (z, y), (R, yR) = batch, ref
+    if z.shape[1] != R.shape[1]:                                      # a reference in the batch's space
+        R = torch.randn(len(R) + 2, z.shape[1], dtype=torch.float64); yR = torch.arange(len(R)) % 3
+    a, b, ra, rb = (t.clone().requires_grad_() for t in (z, z, R, R))
+    la = MagnetLoss(alpha)(a, y, ref_emb=ra, ref_labels=yR)
+    lb = magnet_ref_loop(b, y, rb, yR, alpha)
+    assert torch.isfinite(la)
+    if not torch.isfinite(lb): return
+    assert_close(la, lb, atol=1e-9, rtol=1e-8)
+    la.backward(); lb.backward()
+    grb = torch.zeros_like(R) if rb.grad is None else rb.grad        # the loop had no term at all
+    if torch.isfinite(b.grad).all() and torch.isfinite(grb).all():
+        assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-8); assert_close(ra.grad, grb, atol=1e-9, rtol=1e-8)
+
+
+def test_reference_anchors_of_missing_classes_are_not_terms():
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 7, 7])
+    R, yR = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    per = MagnetLoss(reduction="none")(z, y, ref_emb=R, ref_labels=yR)
+    assert per.shape == (6,) and torch.equal(per[4:], torch.zeros(2, dtype=torch.float64))
+    active, terms = MagnetLoss().active_terms(z, y, ref_emb=R, ref_labels=yR)
+    assert terms.tolist() == [True] * 4 + [False] * 2
+    with pytest.raises(ValueError, match="`cluster_labels` work within a batch"):
+        MagnetLoss()(z, y, y, ref_emb=R, ref_labels=yR)
+    with pytest.raises(ValueError, match="at least 2"): MagnetLoss()(z, y, ref_emb=R[:1], ref_labels=yR[:1])
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from(range(len(CLUSTER_LOSSES))))
+def test_num_classes_gives_the_same_loss(batch, i):
+    "Labels used as ids (no `unique`): the same value and gradient, absent classes masked out."
+    r, y = batch
+    ids = torch.unique(y, return_inverse=True)[1] * 2 + 1            # ids with gaps: absent classes
+    a, b = r.clone().requires_grad_(), r.clone().requires_grad_()
+    la, lb = CLUSTER_LOSSES[i]()(a, ids), CLUSTER_LOSSES[i](num_classes=int(ids.max()) + 3)(b, ids)
+    # rtol: with singleton variances floored at eps (i = 3) terms reach 1e8; rounding differs there
+    assert_close(la, lb, atol=1e-10, rtol=1e-7)
+    la.backward(); lb.backward()
+    assert_close(a.grad, b.grad, atol=1e-9, rtol=1e-7)
+
+
+def test_num_classes_errors():
+    with pytest.raises(ValueError, match="num_classes=3"): MagnetLoss(num_classes=3)(torch.randn(4, 2), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="num_classes=3"):
+        MagnetLoss(num_classes=3)(torch.randn(4, 2), torch.tensor([0, 1, 2, 2]), ref_emb=torch.randn(3, 2),
+                                  ref_labels=torch.tensor([0, 5, 1]))
+    with pytest.raises(ValueError, match="`num_classes` must be a positive int"): LatentBoostLoss(num_classes=0)
+    with pytest.raises(ValueError, match="`reduction` must be one of"): MagnetLoss(reduction="avg")
+
+
+@settings(**SETTINGS)
+@given(batches(), st.sampled_from(range(len(CLUSTER_LOSSES))))
+def test_reduction_none_is_the_per_sample_loss(batch, i):
+    r, y = batch
+    per = CLUSTER_LOSSES[i](reduction="none")(r, y)
+    assert per.shape == (len(r),)
+    assert_close(per.mean(), CLUSTER_LOSSES[i]()(r, y), atol=1e-12, rtol=1e-10)
+    assert_close(per.sum(), CLUSTER_LOSSES[i](reduction="sum")(r, y), atol=1e-12, rtol=1e-10)
+
+
+def test_magnet_from_class_sums_of_two_shards():
+    "What a distributed run all-reduces: class sums and counts, then eq. 1's sum; equal to one process."
+    g = torch.Generator().manual_seed(0)
+    C = 5
+    x = torch.randn(20, 4, generator=g, dtype=torch.float64); y = torch.randint(0, C, (20,), generator=g)
+    shards = [(x[:7].clone().requires_grad_(), y[:7]), (x[7:].clone().requires_grad_(), y[7:])]
+    sums = sum(class_sums(z, yy, C) for z, yy in shards)                   # all-reduce 1
+    counts = sum(class_counts(yy, C, dtype=z.dtype) for z, yy in shards)
+    mu = sums / counts.clamp_min(1)[:, None]
+    sum_sq = sum(within_cluster_sum_of_squares(z, yy, mu) for z, yy in shards)   # all-reduce 2
+    total = sum(magnet_terms_from_class_sums(z, yy, sums, counts, sum_sq)[0].clamp_min(0).sum() for z, yy in shards)
+    loss = total / len(x)
+    xa = x.clone().requires_grad_()
+    want = MagnetLoss(num_classes=C)(xa, y)
+    assert_close(loss, want)
+    loss.backward(); want.backward()
+    assert_close(torch.cat([shards[0][0].grad, shards[1][0].grad]), xa.grad)

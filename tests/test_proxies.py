@@ -196,3 +196,152 @@ def test_nothing_to_learn_gives_zero_gradient():
         v = loss(x, y); v.backward()
         assert v.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
         assert float(loss.active_ratio(x.detach(), y)) == 0.0
+
+
+# --- per-sample losses (reduction) and PML's own test cases -------------------------------------------
+
+from pytorch_metric_learning.reducers import DoNothingReducer
+from structloss.proxies import softmax_active, softmax_cross_entropy
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("softmax_scale", [1.0, 10.0])
+def test_proxy_nca_per_sample_losses_match_pml(seed, softmax_scale):
+    ours = ProxyNCALoss(7, 6, softmax_scale=softmax_scale, seed=seed, reduction="none").double()
+    pml = pml_losses.ProxyNCALoss(7, 6, softmax_scale=softmax_scale, reducer=DoNothingReducer()).double()
+    with torch.no_grad(): pml.proxies.copy_(ours.proxies)
+    x, y = batch(20, 6, 7, seed)
+    theirs = pml(x, y)["loss"]
+    per_sample = ours(x, y)
+    assert per_sample.shape == (20,)
+    assert_close(per_sample[theirs["indices"]], theirs["losses"])   # PML drops exact zeros only
+    # the relation to the other reductions
+    assert_close(ProxyNCALoss(7, 6, softmax_scale=softmax_scale, seed=seed).double()(x, y), per_sample.mean())
+    assert_close(ProxyNCALoss(7, 6, softmax_scale=softmax_scale, seed=seed, reduction="sum").double()(x, y),
+                 per_sample.sum())
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("margin,scale", [(28.6, 64.0), (60.0, 8.0)])
+def test_arcface_per_sample_losses_match_pml(seed, margin, scale):
+    ours = ArcFaceLoss(7, 6, margin=margin, scale=scale, seed=seed, reduction="none").double()
+    pml = pml_losses.ArcFaceLoss(7, 6, margin=margin, scale=scale, reducer=DoNothingReducer()).double()
+    with torch.no_grad(): pml.W.copy_(ours.weights.T)
+    x, y = batch(20, 6, 7, seed)
+    theirs = pml(x, y)["loss"]
+    per_sample = ours(x, y)
+    assert_close(per_sample[theirs["indices"]], theirs["losses"])
+    assert_close(ArcFaceLoss(7, 6, margin=margin, scale=scale, seed=seed).double()(x, y), per_sample.mean())
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_reductions_relate(name):
+    x, y = batch(12, 4, 6, 7)
+    per_sample = ALL[name](6, 4).double()
+    per_sample.reduction = "none"
+    terms = per_sample(x, y)
+    mean_loss = ALL[name](6, 4).double()
+    assert terms.shape == (12,)
+    assert_close(mean_loss(x, y), terms.mean())
+    mean_loss.reduction = "sum"
+    assert_close(mean_loss(x, y), terms.sum())
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        ProxyNCALoss(3, 4, reduction="avg")
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_class_vector_losses_take_no_reference_set(name):
+    x, y = batch(6, 4, 6, 0, dtype=torch.float32)
+    with pytest.raises(TypeError, match="does not take a reference set"):
+        ALL[name](6, 4)(x, y, ref_emb=x, ref_labels=y)
+
+
+def angle_points(n=180):
+    "PML's test batch: unit vectors at 0, 1, ..., n - 1 degrees in the plane."
+    t = torch.deg2rad(torch.arange(n, dtype=torch.float64))
+    return torch.stack([t.cos(), t.sin()], 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_pml_case_proxy_nca_on_angles(dtype):
+    "PML's ProxyNCA test: 180 points on a half circle, 10 classes, against eq. 1 written out."
+    torch.manual_seed(14892)
+    softmax_scale = 1.0 if dtype == torch.float16 else 10.0
+    loss = ProxyNCALoss(10, 2, softmax_scale=softmax_scale)
+    x = angle_points().to(dtype).requires_grad_()
+    y = torch.randint(0, 10, (180,))
+    value = loss(x, y); value.backward()
+    assert value.dtype == dtype and torch.isfinite(x.grad).all()
+    xh, ph = F.normalize(x.detach().double(), dim=1), F.normalize(loss.proxies.detach().double(), dim=1)
+    d2 = ((xh[:, None, :] - ph[None, :, :]) ** 2).sum(-1)                  # (N, C)
+    want = -torch.log(torch.exp(-softmax_scale * d2[torch.arange(180), y])
+                      / torch.exp(-softmax_scale * d2).sum(1)).mean()
+    rtol = 1e-2 if dtype == torch.float16 else 1e-5
+    assert_close(value.double(), want, rtol=rtol, atol=0)
+    if dtype != torch.float16:   # the logits are -sigma times PML's squared distances
+        assert_close(loss.logits(x.detach()).double(), -softmax_scale * torch.cdist(xh, ph) ** 2,
+                     rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_pml_case_arcface_on_angles(dtype):
+    "PML's ArcFace test: margin 30 degrees, scale 64, against a cross-entropy through acos."
+    torch.manual_seed(0)
+    loss = ArcFaceLoss(10, 2, margin=30.0, scale=64.0)
+    x = angle_points().to(dtype).requires_grad_()
+    y = torch.randint(0, 10, (180,))
+    value = loss(x, y); value.backward()
+    assert value.dtype == dtype and torch.isfinite(x.grad).all()
+    cos = F.normalize(x.detach().double(), dim=1) @ F.normalize(loss.weights.detach().double(), dim=1).T
+    own = cos[torch.arange(180), y]
+    theta = torch.acos(own.clamp(-1, 1)); m = math.radians(30.0)
+    logits = cos.clone()
+    logits[torch.arange(180), y] = torch.where(theta <= math.pi - m, torch.cos(theta + m),
+                                               own - m * math.sin(m))
+    want = F.cross_entropy(64.0 * logits, y)
+    rtol = 1e-2 if dtype == torch.float16 else 1e-5
+    assert_close(value.double(), want, rtol=rtol, atol=1e-3 if dtype == torch.float16 else 1e-6)
+    assert_close(loss.logits(x.detach().double(), y), 64.0 * logits)   # in float64 for any input
+
+
+@pytest.mark.parametrize("margin", [None, ("cosine", 0.2, 8.0), ("angular", 0.5, 8.0), ("angular", 2.5, 3.0)])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_hand_written_backward_equals_autograd(margin, exclude):
+    "The one-pass backward of `softmax_cross_entropy` against autograd on the plain formula."
+    if margin is not None and exclude: return
+    g = torch.Generator().manual_seed(1)
+    cos = torch.rand(9, 5, generator=g, dtype=torch.float64) * 2 - 1
+    cos[0, 2] = 1.0                                                    # on its class vector
+    y = torch.tensor([2, 0, 1, 4, 4, 3, 0, 1, 2])
+    s = 1.0 if margin is None else margin[2]
+    logits1, logits2 = (s * cos).requires_grad_(), (s * cos).requires_grad_()
+    w = torch.linspace(0.5, 2, 9, dtype=torch.float64)
+    ce, own = softmax_cross_entropy(logits1, y, exclude, margin, with_own=True)
+    ((ce + 0.3 * own) * w).sum().backward()
+    idx = y[:, None]
+    x = logits2.gather(1, idx)
+    if margin is None: t = x
+    elif margin[0] == "cosine": t = x - margin[1] * s
+    else:
+        from structloss.proxies import additive_angular_margin
+        t = s * additive_angular_margin(x / s, margin[1])
+    fill = torch.full_like(t, -torch.inf) if exclude else t
+    a = torch.where(torch.arange(5) == idx, fill, logits2)
+    want = torch.logsumexp(a, 1) - t.squeeze(1)
+    ((want + 0.3 * x.squeeze(1)) * w).sum().backward()
+    assert_close(ce, want)
+    assert_close(logits1.grad, logits2.grad)
+    assert torch.autograd.gradcheck(lambda l: softmax_cross_entropy(l, y, exclude, margin),
+                                    (torch.rand(9, 5, generator=g, dtype=torch.float64).requires_grad_(),))
+
+
+def test_softmax_active_equals_the_one_hot_rule():
+    g = torch.Generator().manual_seed(2)
+    logits = 6 * torch.randn(50, 7, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 7, (50,), generator=g)
+    onehot = F.one_hot(y, 7).double()
+    for tol in (0.01, 0.2):
+        want = (torch.softmax(logits, 1) - onehot).abs().amax(1) > tol
+        assert torch.equal(softmax_active(logits, y, tol), want)
+        assert 0 < int(want.sum()) < 50
+    assert softmax_active(logits, y, 0.01, exclude_target=True).all()

@@ -132,3 +132,126 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="shape \\[N, d\\]"): SoftSilhouetteLoss()(z[None], labels)
     with pytest.raises(ValueError, match="5 entries"): SoftSilhouetteLoss()(z, labels[:5])
     with pytest.raises(ValueError, match="NaN or inf"): SoftSilhouetteLoss()(z / 0, labels)
+
+
+# --- reference sets (anchors from the batch, a(i) and d(i, c) from a reference) and reduction ---------
+
+def loop_with_reference(z, labels, ref, ref_labels, self_in_ref, tau, beta, metric, soft_min,
+                        temperature_scale="absolute", eps=1e-8):
+    "Independent reference: eqs. 7-13 with P(i) and B_c taken from the reference rows."
+    D = pairwise_distances(z, ref, metric=metric)                           # (N, M)
+    classes = sorted({int(c) for c in ref_labels.tolist()})
+    if temperature_scale == "relative":
+        d_ic = [D[i, ref_labels == c].mean().detach() for i in range(len(z)) for c in classes
+                if c != labels[i]]
+        scale = torch.stack(d_ic).mean().clamp_min(1e-12) if d_ic else torch.tensor(1e-12, dtype=z.dtype)
+        tau, beta = tau * scale, beta * scale
+    scores, defined = [], []
+    for i in range(len(z)):
+        mates = [j for j in range(len(ref)) if ref_labels[j] == labels[i] and not (self_in_ref and j == i)]
+        others = [c for c in classes if c != labels[i]]
+        if not mates or not others:
+            scores.append(z.sum() * 0); defined.append(False); continue
+        a = D[i, mates].mean()
+        d_c = torch.stack([D[i, ref_labels == c].mean() for c in others])
+        b = (-beta * torch.logsumexp(-d_c / beta, 0) if soft_min == "logsumexp"
+             else (torch.softmax(-d_c / beta, 0) * d_c).sum())
+        smax = tau * torch.logsumexp(torch.stack([a, b]) / tau, 0)
+        scores.append((b - a) / (smax + eps)); defined.append(True)
+    return torch.stack(scores), torch.tensor(defined)
+
+
+def reference_batch(seed, n=10, m=14, d=4):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 5, 7, 7])[:n]        # class 5: no mate in the batch
+    memory = torch.randn(m, d, generator=g, dtype=torch.float64)
+    memory_labels = torch.tensor([0, 1, 1, 2, 3, 3, 5, 0, 1, 2, 3, 6, 6, 0])[:m]   # no class 7
+    return z, labels, memory, memory_labels
+
+
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean", "euclidean"])
+@pytest.mark.parametrize("soft_min", ["softmax", "logsumexp"])
+@pytest.mark.parametrize("scale", ["absolute", "relative"])
+@pytest.mark.parametrize("self_in_ref", [False, True])
+def test_reference_set_matches_loop_in_value_and_gradient(metric, soft_min, scale, self_in_ref):
+    z, labels, memory, memory_labels = reference_batch(0)
+    if self_in_ref:   # the reference is the batch followed by a memory
+        memory, memory_labels = torch.cat([z, memory]), torch.cat([labels, memory_labels])
+    kw = dict(metric=metric, soft_min=soft_min, temperature_scale=scale)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    r1, r2 = memory.clone().requires_grad_(), memory.clone().requires_grad_()
+    if self_in_ref:   # one tensor: the anchors are rows of the reference (gradients add up)
+        r1, r2 = torch.cat([z1, memory[len(z):]]), torch.cat([z2, memory[len(z):]])
+    loss = SoftSilhouetteLoss(0.2, 0.3, reduction="none", **kw)
+    ours = loss(z1, labels, ref_emb=r1, ref_labels=memory_labels, self_in_ref=self_in_ref)
+    s_ref, defined = loop_with_reference(z2, labels, r2, memory_labels, self_in_ref, 0.2, 0.3,
+                                         metric, soft_min, scale)
+    want = torch.where(defined, 1 - s_ref, s_ref * 0)
+    assert_close(ours, want)
+    assert defined.any() and defined[-1] == self_in_ref   # class 7: only in the batch
+    w = torch.linspace(-1, 2, len(z), dtype=torch.float64)
+    (ours * w).sum().backward(); (want * w).sum().backward()
+    assert_close(z1.grad, z2.grad)
+    if not self_in_ref:
+        assert_close(r1.grad, r2.grad)
+        assert r1.grad.abs().sum() > 0          # gradients flow into the reference when it asks
+
+
+@pytest.mark.parametrize("kw", [{}, {"metric": "sqeuclidean"}, {"metric": "euclidean"},
+                                {"soft_min": "logsumexp", "singletons": "zero"},
+                                {"temperature_scale": "relative", "loss_form": "negative_mean"},
+                                {"num_classes": 9}, {"reduction": "none"}, {"reduction": "sum"}])
+def test_batch_as_its_own_reference_equals_no_reference(kw):
+    "`loss(x, y, ref_emb=x, ref_labels=y, self_in_ref=True) == loss(x, y)`, value and gradient."
+    g = torch.Generator().manual_seed(4)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 4, 4, 8, 8, 8, 3])
+    x = torch.randn(len(labels), 5, generator=g, dtype=torch.float64)
+    x[1] = x[0]; x[5] = 0                          # a tie and a zero vector
+    loss = SoftSilhouetteLoss(**kw)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    v1 = loss(x1, labels)
+    v2 = loss(x2, labels, ref_emb=x2, ref_labels=labels, self_in_ref=True)
+    assert_close(v1, v2)
+    w = torch.linspace(1, 2, v1.numel(), dtype=torch.float64).reshape(v1.shape)
+    (v1 * w).sum().backward(); (v2 * w).sum().backward()
+    assert_close(x1.grad, x2.grad)
+    assert_close(loss.active_ratio(x, labels),
+                 loss.active_ratio(x, labels, ref_emb=x, ref_labels=labels, self_in_ref=True))
+
+
+@pytest.mark.parametrize("loss_form", ["one_minus_mean", "negative_mean"])
+@pytest.mark.parametrize("singletons", ["exclude", "zero"])
+def test_reduction_none_relation_to_the_default(loss_form, singletons):
+    "Per-sample terms: 1 - s~(i) (or -s~(i)) on V, 0 elsewhere; the default is their sum over |V|."
+    g = torch.Generator().manual_seed(5)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 9])          # 2 and 9: singletons
+    x = torch.randn(len(labels), 3, generator=g, dtype=torch.float64)
+    kw = dict(loss_form=loss_form, singletons=singletons)
+    terms = SoftSilhouetteLoss(reduction="none", **kw)(x, labels)
+    s = soft_silhouette_samples(x, labels)
+    in_v = torch.tensor([True] * 5 + [singletons == "zero"] + [True] * 2 + [singletons == "zero"])
+    want = torch.where(in_v, 1 - s if loss_form == "one_minus_mean" else -s, 0 * s)
+    assert terms.shape == (9,)
+    assert_close(terms, want)
+    assert_close(SoftSilhouetteLoss(**kw)(x, labels), terms.sum() / in_v.sum())
+    assert_close(SoftSilhouetteLoss(reduction="sum", **kw)(x, labels), terms.sum())
+
+
+def test_reference_edge_cases_and_errors():
+    z, labels, memory, memory_labels = reference_batch(1)
+    loss = SoftSilhouetteLoss(reduction="none")
+    # a memory with one class: no b(i) for anyone -> every term 0, zero gradients
+    zz = z.clone().requires_grad_()
+    out = loss(zz, labels, ref_emb=memory[:3], ref_labels=torch.zeros(3, dtype=torch.long))
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(zz.grad, torch.zeros_like(zz))
+    # num_classes: ids of batch and memory used directly; the same values as the remapped ones
+    assert_close(SoftSilhouetteLoss(num_classes=8)(z, labels, ref_emb=memory, ref_labels=memory_labels),
+                 SoftSilhouetteLoss()(z, labels, ref_emb=memory, ref_labels=memory_labels))
+    with pytest.raises(ValueError, match="num_classes >= 8"):
+        SoftSilhouetteLoss(num_classes=7)(z, labels, ref_emb=memory, ref_labels=memory_labels)
+    with pytest.raises(ValueError, match="go together"):
+        SoftSilhouetteLoss()(z, labels, ref_emb=memory)
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        SoftSilhouetteLoss(reduction="batchmean")
