@@ -93,11 +93,9 @@ def test_inductor_every_loss(one_thread, checks_skipped_while_tracing):
 def test_inductor(name, one_thread, checks_skipped_while_tracing):
     check_compiled(name, "inductor", dynamic=False)
 
-# Losses built with num_classes whose forward Dynamo still splits, with the value checks skipped
-# while tracing (printed with -s): a check of their own that reads labels (the proxies' class-id
-# range; `class_index` with num_classes). Any other loss built with num_classes must give one graph.
-KNOWN_BREAKS = {"ArcFaceLoss", "CenterContrastiveLoss", "CenterLoss", "ProxyNCALoss",
-                "SoftSilhouetteLoss"}
+# Losses built with num_classes whose forward Dynamo may still split with the value checks skipped
+# while tracing: none (the last ones read labels in checks of their own; they now use core's).
+KNOWN_BREAKS: set = set()
 
 def explain(name):
     loss = make_loss(name)
