@@ -4,7 +4,7 @@ Modules:
 
 - `structloss.at_a_glance`: Every loss of the book moves the same toy batch on the circle, side by side and animated step by step, each panel with its VARIANCE and GREEDINESS numbers.
 - `structloss.contrastive`: Pull each sample towards the samples that share its label and push it from all others, through a softmax over cosine similarities: InfoNCE (NT-Xent) and supervised contrastive learning (SupCon).
-- `structloss.core`: The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results are stamped with their provenance, and how every loss and metric rejects bad input.
+- `structloss.core`: The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results are stamped with their provenance, how every loss and metric rejects bad input, and the base class every loss shares.
 - `structloss.data`: Datasets with fixed train/validation/test splits, the papers' image pipelines, and a two-view wrapper: the data half of the bench every experiment in the book runs on.
 - `structloss.distributed`: A batch-global loss on the batch of every process: a gradient-preserving all-gather, class sums all-reduced instead of embeddings gathered, and a class-balanced sampler split across ranks.
 - `structloss.experiments`: An experiment is data — dataset, model, objective, training numbers, seeds — with a `smoke`, a `cpu` and a `colab` profile. One function runs it, in a notebook or as `structloss run <experiment>`, and saves its results, histories and figures.
