@@ -48,3 +48,4 @@ from .models import *        # 22 lab bench: models
 from .train import *         # 23 lab bench: training and evaluation
 from .experiments import *   # 24 lab bench: experiments and the CLI
 from .distributed import *   # 41 training across processes
+from .memory import *        # 42 cross-batch memory

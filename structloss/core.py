@@ -85,8 +85,9 @@ def print_environment(seeds=None, device=None) -> None:
 CHECK_FINITE_ON_DEVICE = False
 
 def reads_values(x: torch.Tensor) -> bool:
-    """True where a check may read `x`'s values: always on CPU, on accelerators only with
-    `CHECK_FINITE_ON_DEVICE`."""
+    """True where a check may read `x`'s values: on CPU, on accelerators only with
+    `CHECK_FINITE_ON_DEVICE`, and never while `torch.compile` traces (no graph break)."""
+    if torch.compiler.is_compiling(): return False   # no value read in a compiled graph
     return x.device.type == "cpu" or CHECK_FINITE_ON_DEVICE
 
 def check_embeddings(embeddings, name: str = "embeddings", min_samples: int = 1) -> None:

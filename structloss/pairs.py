@@ -428,14 +428,15 @@ class TripletMarginLoss(EmbeddingLoss):
         return sums, k, pos, neg
 
     def active_terms(self, embeddings, labels, **reference):
-        """Counts per positive pair `[N, M]`: triplets with a non-zero loss (`k_ap`) and valid
-        triplets (`|Q_a|`); counts rather than `[N, M, M]` masks, in O(N^2) memory."""
+        """Counts per positive pair `[N, M]`: triplets with a non-zero loss (`k_ap`)
+        and valid triplets (`|Q_a|`); counts, not `[N, M, M]` masks: O(N^2) memory."""
         _, _, _, t, same, has_self = self.prepare(embeddings, labels, **reference)
         pos, neg = same.clone(), ~same
         if has_self: self_pairs(pos).fill_(False)
-        n_valid = pos * neg.sum(1, keepdim=True)                          # (N, M) |Q_a| at positives
-        if self.smooth_loss: return n_valid, n_valid                        # softplus > 0: all of them
-        return triplet_margin_sums(t, pos, neg, self.margin)[1] * pos, n_valid   # k_ap
+        n_valid = pos * neg.sum(1, keepdim=True)          # (N, M) |Q_a| at the positives
+        if self.smooth_loss: return n_valid, n_valid        # softplus > 0: all of them
+        k = triplet_margin_sums(t, pos, neg, self.margin)[1]               # (N, M) k_ap
+        return k * pos, n_valid
 
 # %% ../nbs/11_pairs.ipynb #050e78b0
 def first_two_indices(ids: torch.Tensor, num_classes: int):

@@ -13,15 +13,7 @@ from notebooks import COLAB_CELL  # noqa: E402
 
 # Chapters whose code is being rewrapped on another branch: expected to fail until that branch is
 # merged. The lead empties this list at the end (an entry whose chapter passes fails: remove it).
-PENDING = {
-    "11_pairs": "being rewritten on branch pairs",
-    "14_magnet": "being rewritten on branch magnetgraph",
-    "15_graph": "being rewritten on branch magnetgraph",
-    "23_train": "being rewritten on branch scale",
-    "41_distributed": "being rewritten on branch scale",
-    "98_exact_triplets": "its Colab cell was edited on branch pairs; the lead restamps COLAB_CELL",
-    "COLAB_CELL": "tools/notebooks.py: the lead shortens the shared Colab cell",
-}
+PENDING: dict[str, str] = {}   # {notebook stem: why it may still exceed the width} (none left)
 
 
 def long_lines(cells, width: int = WIDTH) -> list[str]:

@@ -5,9 +5,9 @@ In the default test run: bfloat16 autocast for every loss; `torch._dynamo.explai
 code generation) for every loss, values and gradients; and one test that compiles every loss with
 inductor (C++ code generation) in one process, `dynamic=False`, small shapes, and checks values,
 gradients and that a second call does not recompile. Inductor's cost is mostly one compilation per
-graph, and the input checks that read values on the CPU split a forward into several graphs; the test
-skips those checks while Dynamo traces (`reads_values` is False under `torch.compiler.is_compiling()`),
-which leaves the loss's arithmetic unchanged. Its compiled kernels are cached by inductor (by default
+graph, and the input checks that read values on the CPU would split a forward into several graphs;
+`structloss.core.reads_values` is False while Dynamo traces, so a compiled loss skips them (eager calls
+still check), which leaves the loss's arithmetic unchanged. Its compiled kernels are cached by inductor (by default
 in the system's temporary directory), so a second run of the file takes seconds.
 STRUCTLOSS_INDUCTOR_TESTS=0 skips it; STRUCTLOSS_INDUCTOR_TESTS=each compiles each loss in its own
 test instead (with a fresh Dynamo state each).
