@@ -19,7 +19,8 @@ def circle_batch(num_classes: int = 4, # classes in the batch
                  dim: int = 2,         # 2: points on the circle, 3: on the sphere
                  seed: int = 0,        # the same seed gives every loss the same start
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    "A toy batch: points `w` ([N, dim], uniform on the circle or sphere) and class `labels` ([N])."
+    """A toy batch: points `w` ([N, dim], uniform on the circle or sphere) and class
+    `labels` ([N])."""
     for name, value, low in (("num_classes", num_classes, 2), ("per_class", per_class, 2),
                              ("dim", dim, 2)):
         if not isinstance(value, int) or value < low:
@@ -44,14 +45,16 @@ def glance_frame(loss, z: torch.Tensor, labels: torch.Tensor, step: int) -> dict
             "active_ratio": report["active_ratio"],
             "grad_active_ratio": report["grad_active_ratio"]}
 
-def glance_run(loss,                  # an `EmbeddingLoss`; its own parameters (proxies) train too
-               w: torch.Tensor,       # [N, d] starting points (from `circle_batch`)
-               labels: torch.Tensor,  # [N]
-               steps: int = 60,       # optimiser steps
-               lr: float = 0.05,      # Adam's learning rate, the same for every loss
-               record_every: int = 5, # a frame every `record_every` steps (and the last)
-              ) -> list[dict]:
-    "Move free points `z = w / ||w||` by `loss` alone: a `glance_frame` per recorded step."
+def glance_run(
+    loss,  # an `EmbeddingLoss`; its own parameters (proxies) train too
+    w: torch.Tensor,  # [N, d] starting points (from `circle_batch`)
+    labels: torch.Tensor,  # [N]
+    steps: int = 60,  # optimiser steps
+    lr: float = 0.05,  # Adam's learning rate, the same for every loss
+    record_every: int = 5,  # a frame every `record_every` steps (and the last)
+) -> list[dict]:
+    """Move free points `z = w / ||w||` by `loss` alone: a `glance_frame` per recorded
+    step."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an integer >= 1; got {steps!r}.")
     if not isinstance(record_every, int) or record_every < 1:
@@ -60,7 +63,8 @@ def glance_run(loss,                  # an `EmbeddingLoss`; its own parameters (
     w = w.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([w, *[p for p in loss.parameters() if p.requires_grad]], lr=lr)
     frames = []
-    for step in range(steps + 1):              # a loop over optimiser steps, not over samples
+    # a loop over optimiser steps, not over samples
+    for step in range(steps + 1):
         z = F.normalize(w, dim=1)
         if step % record_every == 0 or step == steps:
             frames.append(glance_frame(loss, z, labels, step))
@@ -70,38 +74,45 @@ def glance_run(loss,                  # an `EmbeddingLoss`; its own parameters (
         opt.step()
     return frames
 
-
 # %% ../nbs/18_at_a_glance.ipynb #9fc81713
-def glance_all(losses: dict | None = None, # {name: loss class}; None: every loss of the book
-               num_classes: int = 4, per_class: int = 10, dim: int = 2, seed: int = 0,
-               steps: int = 60, lr: float = 0.05, record_every: int = 5,
-              ) -> tuple[dict, torch.Tensor]:
-    "`({name: frames}, labels)`: every loss trained from the same batch with the same budget."
+def glance_all(
+        losses: dict | None = None, # {name: loss class}; None: every loss of the book
+        num_classes: int = 4, per_class: int = 10, dim: int = 2, seed: int = 0,
+        steps: int = 60, lr: float = 0.05, record_every: int = 5,
+        ) -> tuple[dict, torch.Tensor]:
+    """`({name: frames}, labels)`: every loss trained from the same batch with the same
+    budget."""
     losses = find_losses(verbose=False) if losses is None else losses
     w, labels = circle_batch(num_classes, per_class, dim, seed)
     runs = {}
     for name, cls in losses.items():
-        torch.manual_seed(seed)                # the same initial proxies/centres for every run
+        # the same initial proxies/centres for every run
+        torch.manual_seed(seed)
         loss = build_loss(cls, num_classes, dim)
         runs[name] = glance_run(loss, w, labels, steps, lr, record_every)
     return runs, labels
 
 def glance_table(runs: dict) -> list[dict]:
-    "First and last VARIANCE and GREEDINESS numbers of every run, one row (a dict) per loss."
+    """First and last VARIANCE and GREEDINESS numbers of every run, one row (a dict) per
+    loss."""
     rows = []
     for name, frames in runs.items():
         a, b = frames[0], frames[-1]
-        rows.append({"loss": name, "variance start": a["variance"], "variance end": b["variance"],
-                     "separation start": a["separation"], "separation end": b["separation"],
+        rows.append({"loss": name, "variance start": a["variance"],
+                     "variance end": b["variance"],
+                     "separation start": a["separation"],
+                     "separation end": b["separation"],
                      "active ratio end": b["active_ratio"],
                      "grad. active ratio end": b["grad_active_ratio"]})
     return rows
 
-def html_table(rows: list[dict], # one dict per row, the same keys in each
-               digits: int = 3,  # decimals of floats
-               links: dict | None = None, # {(row index, column): url}: that cell becomes a link
-              ) -> str:
-    "An HTML table of `rows` (no pandas needed): floats rounded, NaN and None shown as a dash."
+def html_table(
+        rows: list[dict], # one dict per row, the same keys in each
+        digits: int = 3,  # decimals of floats
+        links: dict | None = None, # {(row index, column): url}: that cell becomes a link
+        ) -> str:
+    """An HTML table of `rows` (no pandas needed): floats rounded, NaN and None shown as a
+    dash."""
     if not rows: raise ValueError("`rows` is empty: nothing to tabulate.")
     cols, links = list(rows[0]), links or {}
     def cell(i, c):
@@ -109,13 +120,16 @@ def html_table(rows: list[dict], # one dict per row, the same keys in each
         text = ("–" if v is None or (isinstance(v, float) and math.isnan(v))
                 else f"{v:.{digits}f}" if isinstance(v, float) else str(v))
         text = html.escape(text)
-        return f'<a href="{html.escape(links[i, c])}">{text}</a>' if (i, c) in links else text
+        return (
+            f'<a href="{html.escape(links[i, c])}">{text}</a>'
+            if (i, c) in links
+            else text
+        )
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(i, c)}</td>" for c in cols) + "</tr>"
                    for i in range(len(rows)))
     return (f'<table class="structloss-table"><thead><tr>{head}</tr></thead>'
             f'<tbody>{body}</tbody></table>')
-
 
 # %% ../nbs/18_at_a_glance.ipynb #6f214622
 def _panel(ax, frame, labels, title, colors):
@@ -123,7 +137,8 @@ def _panel(ax, frame, labels, title, colors):
     z = frame["z"]
     ax.clear()
     ax.add_patch(Circle((0, 0), 1, fill=False, lw=0.6, color="0.7"))
-    ax.scatter(z[:, 0], z[:, 1], c=[colors[int(c) % len(colors)] for c in labels], s=14, lw=0)
+    ax.scatter(z[:, 0], z[:, 1], c=[colors[int(c) % len(colors)] for c in labels], s=14,
+               lw=0)
     ar = frame["active_ratio"]
     active = "n/a" if math.isnan(ar) else f"{ar:.2f}"
     ax.set_title(f"{title}\nvar {frame['variance']:.3f}  sep {frame['separation']:.2f}\n"
@@ -131,13 +146,15 @@ def _panel(ax, frame, labels, title, colors):
     ax.set_xlim(-1.25, 1.25); ax.set_ylim(-1.25, 1.25); ax.set_aspect("equal")
     ax.set_xticks([]); ax.set_yticks([])
 
-def glance_figure(runs: dict, labels: torch.Tensor, frame: int = -1, ncols: int = 5, dpi: int = 80):
-    "Every run side by side at one recorded frame (default: the last): a matplotlib Figure."
+def glance_figure(runs: dict, labels: torch.Tensor, frame: int = -1, ncols: int = 5,
+                  dpi: int = 80):
+    """Every run side by side at one recorded frame (default: the last): a matplotlib
+    Figure."""
     import matplotlib.pyplot as plt
     names = list(runs)
     nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.25 * nrows), squeeze=False,
-                             dpi=dpi)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.25 * nrows),
+                             squeeze=False, dpi=dpi)
     colors = plt.get_cmap("tab10").colors
     for ax in axes.flat[len(names):]: ax.axis("off")
     for ax, name in zip(axes.flat, names):
@@ -145,9 +162,11 @@ def glance_figure(runs: dict, labels: torch.Tensor, frame: int = -1, ncols: int 
     fig.tight_layout()
     return fig
 
-def glance_animation(runs: dict, labels: torch.Tensor, ncols: int = 5, interval: int = 400,
+def glance_animation(runs: dict, labels: torch.Tensor, ncols: int = 5,
+                     interval: int = 400,
                      dpi: int = 64):
-    "The runs side by side, a frame per recorded step: a `FuncAnimation` (show with `to_jshtml`)."
+    """The runs side by side, a frame per recorded step: a `FuncAnimation` (show with
+    `to_jshtml`)."""
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation
     fig = glance_figure(runs, labels, frame=0, ncols=ncols, dpi=dpi)
@@ -156,7 +175,8 @@ def glance_animation(runs: dict, labels: torch.Tensor, ncols: int = 5, interval:
     def draw(k):
         for ax, name in zip(fig.axes, names):
             step = runs[name][k]["step"]
-            _panel(ax, runs[name][k], labels, f"{name.removesuffix('Loss')} (step {step})", colors)
+            _panel(ax, runs[name][k], labels,
+                   f"{name.removesuffix('Loss')} (step {step})", colors)
         return fig.axes
     anim = FuncAnimation(fig, draw, frames=n_frames, interval=interval)
     plt.close(fig)
@@ -165,18 +185,20 @@ def glance_animation(runs: dict, labels: torch.Tensor, ncols: int = 5, interval:
 _ICONS = {"fa fa-play fa-flip-horizontal": "&#9664;", "fa fa-play": "&#9654;",
           "fa fa-pause": "&#10074;&#10074;",
           "fa fa-fast-backward": "&#8676;", "fa fa-fast-forward": "&#8677;",
-          "fa fa-step-backward": "&#9664;&#10073;", "fa fa-step-forward": "&#10073;&#9654;",
+          "fa fa-step-backward": "&#9664;&#10073;",
+          "fa fa-step-forward": "&#10073;&#9654;",
           "fa fa-minus": "&minus;", "fa fa-plus": "+"}
 
 def offline_jshtml(anim, **kwargs) -> str:
-    """`anim.to_jshtml(**kwargs)` without the network: matplotlib's player loads its button icons
-    from a CDN (Font Awesome); here the link is dropped and each icon is a Unicode character."""
+    """`anim.to_jshtml(**kwargs)` without the network: matplotlib's player loads its
+    button icons from a CDN (Font Awesome); here the link is dropped and each icon is a
+    Unicode character."""
     import re
     cdn = r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">'
     out = re.sub(cdn, "", anim.to_jshtml(**kwargs))
     for cls, char in sorted(_ICONS.items(), key=lambda kv: -len(kv[0])):
         out = out.replace(f'<i class="{cls}"></i>', char)
     if "font-awesome" in out or 'class="fa ' in out:
-        raise RuntimeError("matplotlib's animation player changed: update `offline_jshtml`.")
+        raise RuntimeError("matplotlib's animation player changed: update "
+                           "`offline_jshtml`.")
     return out
-

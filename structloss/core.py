@@ -1,5 +1,6 @@
-"""The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how results
-are stamped with their provenance, and how every loss and metric rejects bad input.
+"""The few rules every chapter of structloss relies on: which *profile* a notebook runs in, how
+results are stamped with their provenance, how every loss and metric rejects bad input, and the base
+class every loss shares.
 
 Docs: https://structloss.github.io/structloss/core.html.md"""
 
@@ -25,7 +26,8 @@ def get_profile() -> str:
     "The active profile: `$STRUCTLOSS_PROFILE` (one of `PROFILES`), `cpu` when unset."
     profile = os.environ.get(PROFILE_ENV, "cpu").strip().lower() or "cpu"
     if profile not in PROFILES:
-        raise ValueError(f"{PROFILE_ENV}={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
+        raise ValueError(f"{PROFILE_ENV}={profile!r} is not a profile; use one of "
+                         f"{', '.join(PROFILES)}.")
     return profile
 
 def is_smoke() -> bool:
@@ -34,14 +36,20 @@ def is_smoke() -> bool:
 
 def by_profile(smoke, cpu, colab=None):
     "The value for the active profile: `colab` falls back to `cpu` when not given."
-    return {"smoke": smoke, "cpu": cpu, "colab": cpu if colab is None else colab}[get_profile()]
+    return {"smoke": smoke, "cpu": cpu, "colab": cpu if colab is None else colab}[
+        get_profile()
+    ]
 
 # %% ../nbs/00_core.ipynb #937abd7e
 def get_device(prefer: str | None = None) -> torch.device:
     "`prefer` if given, else the best available: CUDA, then Apple MPS, then CPU."
     if prefer is not None: return torch.device(prefer)
     if torch.cuda.is_available(): return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
+    if (
+        getattr(torch.backends, "mps", None) is not None
+        and torch.backends.mps.is_available()
+    ):
+        return torch.device("mps")
     return torch.device("cpu")
 
 def seed_everything(seed: int) -> None:
@@ -56,9 +64,14 @@ def environment_report(seeds=None, device=None) -> dict:
         try: return md.version(pkg)
         except md.PackageNotFoundError: return None
     device = get_device() if device is None else torch.device(device)
-    report = {"profile": get_profile(), "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-              "seeds": list(seeds) if seeds is not None else None, "python": platform.python_version()}
+    report = {
+        "profile": get_profile(),
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "seeds": list(seeds) if seeds is not None else None,
+        "python": platform.python_version(),
+    }
     for pkg in ("structloss", "torch", "numpy", "scikit-learn", "torchvision"):
         report[pkg] = version(pkg)
     return report
@@ -68,70 +81,97 @@ def print_environment(seeds=None, device=None) -> None:
     for k, v in environment_report(seeds, device).items(): print(f"{k:>12}: {v}")
 
 # %% ../nbs/00_core.ipynb #ed909095
-CHECK_FINITE_ON_DEVICE = False  # True: also read values on accelerators (finiteness, class-id range)
+# True: also read values on accelerators (finiteness, class-id range)
+CHECK_FINITE_ON_DEVICE = False
 
 def reads_values(x: torch.Tensor) -> bool:
-    "True where a check may read `x`'s values: always on CPU, on accelerators only with `CHECK_FINITE_ON_DEVICE`."
+    """True where a check may read `x`'s values: on CPU, on accelerators only with
+    `CHECK_FINITE_ON_DEVICE`, and never while `torch.compile` traces (no graph break)."""
+    if torch.compiler.is_compiling(): return False   # no value read in a compiled graph
     return x.device.type == "cpu" or CHECK_FINITE_ON_DEVICE
 
 def check_embeddings(embeddings, name: str = "embeddings", min_samples: int = 1) -> None:
-    "Raise a clear error unless `embeddings` is a finite floating tensor of shape `[N, d]` with N >= `min_samples`."
+    """Raise a clear error unless `embeddings` is a finite floating tensor of shape `[N,
+    d]` with N >= `min_samples`."""
     if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape [N, d]; got {type(embeddings).__name__}. "
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape [N, d]; got "
+                        f"{type(embeddings).__name__}. "
                         f"Wrap it with torch.as_tensor(...).")
     if not embeddings.is_floating_point():
-        raise TypeError(f"`{name}` must be floating point (float16/bfloat16/float32/float64); got {embeddings.dtype}. "
+        raise TypeError(f"`{name}` must be floating point "
+                        f"(float16/bfloat16/float32/float64); got {embeddings.dtype}. "
                         f"Convert with `{name}.float()`.")
     if embeddings.ndim != 2:
-        raise ValueError(f"`{name}` must have shape [N, d]; got shape {tuple(embeddings.shape)}. "
+        raise ValueError(f"`{name}` must have shape [N, d]; got shape "
+                         f"{tuple(embeddings.shape)}. "
                          f"Flatten extra dimensions with `{name}.flatten(1)`.")
     if embeddings.shape[1] == 0:
-        raise ValueError(f"`{name}` has embedding dimension d = 0; it needs at least one feature.")
+        raise ValueError(f"`{name}` has embedding dimension d = 0; it needs at least one "
+                         "feature.")
     if embeddings.shape[0] < min_samples:
-        raise ValueError(f"`{name}` has {embeddings.shape[0]} sample(s); this needs a batch of at least {min_samples}.")
+        raise ValueError(f"`{name}` has {embeddings.shape[0]} sample(s); this needs a "
+                         f"batch of at least {min_samples}.")
     check_finite(embeddings, name)
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    "Raise `ValueError` if `x` holds NaN or inf (on accelerators only when `CHECK_FINITE_ON_DEVICE`)."
+    """Raise `ValueError` if `x` holds NaN or inf (on accelerators only when
+    `CHECK_FINITE_ON_DEVICE`)."""
     if not reads_values(x): return
     if not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"`{name}` contains {n_bad} NaN or inf value(s); check the model's outputs "
-                         f"(learning rate, mixed-precision overflow) before computing the loss.")
+        raise ValueError(f"`{name}` contains {n_bad} NaN or inf value(s); check the "
+                         "model's outputs "
+                         "(learning rate, mixed-precision overflow) before computing "
+                         "the loss.")
 
 # %% ../nbs/00_core.ipynb #1a80ad85
 def check_labels(labels, n: int | None = None, name: str = "labels") -> None:
-    "Raise a clear error unless `labels` is an integer tensor of shape `[n]` (any `[N]` when `n` is None)."
+    """Raise a clear error unless `labels` is an integer tensor of shape `[n]` (any `[N]`
+    when `n` is None)."""
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of integer class ids; got {type(labels).__name__}. "
+        raise TypeError(f"`{name}` must be a torch.Tensor of integer class ids; got "
+                        f"{type(labels).__name__}. "
                         f"Use torch.as_tensor({name}).")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"`{name}` must hold integer class ids; got dtype {labels.dtype}. Convert with `{name}.long()`.")
+        raise TypeError(f"`{name}` must hold integer class ids; got dtype "
+                        f"{labels.dtype}. Convert with `{name}.long()`.")
     if labels.ndim != 1:
-        raise ValueError(f"`{name}` must have shape [N]; got shape {tuple(labels.shape)}. "
-                         f"For one-hot labels use `{name}.argmax(1)`; for [N, 1] use `{name}.view(-1)`.")
+        raise ValueError(f"`{name}` must have shape [N]; got shape "
+                         f"{tuple(labels.shape)}. "
+                         f"For one-hot labels use `{name}.argmax(1)`; for [N, 1] use "
+                         f"`{name}.view(-1)`.")
     if n is not None and labels.shape[0] != n:
-        raise ValueError(f"`{name}` has {labels.shape[0]} entries but the embeddings have {n} rows; "
+        raise ValueError(f"`{name}` has {labels.shape[0]} entries but the embeddings "
+                         f"have {n} rows; "
                          f"each embedding needs exactly one label.")
 
-def check_class_ids(labels: torch.Tensor, num_classes: int, owner: str = "this loss") -> None:
-    "Raise `ValueError` unless every label is a class id in `[0, num_classes)` (reads values only where `reads_values`)."
+def check_class_ids(
+    labels: torch.Tensor, num_classes: int, owner: str = "this loss"
+) -> None:
+    """Raise `ValueError` unless every label is a class id in `[0, num_classes)` (reads
+    values only where `reads_values`)."""
     if not reads_values(labels) or len(labels) == 0: return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(
-            f"`labels` must be class ids in [0, num_classes={num_classes}) for {owner}; got values in "
-            f"[{lo}, {hi}]. Pass num_classes >= {max(hi + 1, num_classes)}, or map the labels to 0..C-1 "
+            f"`labels` must be class ids in [0, num_classes={num_classes}) for {owner}; "
+            "got values in "
+            f"[{lo}, {hi}]. Pass num_classes >= {max(hi + 1, num_classes)}, or map the "
+            "labels to 0..C-1 "
             f"first (torch.unique(labels, return_inverse=True)[1]).")
 
 def check_choice(name: str, value, options) -> str:
     "`value` if it is one of `options` (strings), else a `ValueError` listing them."
     if value not in options:
-        raise ValueError(f"`{name}` must be one of {', '.join(repr(o) for o in options)}; got {value!r}.")
+        raise ValueError(f"`{name}` must be one of "
+                         f"{', '.join(repr(o) for o in options)}; got {value!r}.")
     return value
 
-def check_number(name: str, value, minimum: float | None = None, positive: bool = False) -> float:
-    "`value` as a float; a clear error unless it is a finite real number (>= `minimum`, or > 0 with `positive`)."
+def check_number(
+    name: str, value, minimum: float | None = None, positive: bool = False
+) -> float:
+    """`value` as a float; a clear error unless it is a finite real number (>= `minimum`,
+    or > 0 with `positive`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}.")
     if not math.isfinite(value):
@@ -147,7 +187,8 @@ def check_embeddings_labels(embeddings, labels, min_samples: int = 1) -> None:
     check_embeddings(embeddings, min_samples=min_samples)
     check_labels(labels, embeddings.shape[0])
     if labels.device != embeddings.device:
-        raise ValueError(f"`labels` are on {labels.device} but `embeddings` on {embeddings.device}; "
+        raise ValueError(f"`labels` are on {labels.device} but `embeddings` on "
+                         f"{embeddings.device}; "
                          f"move them with `labels.to(embeddings.device)`.")
 
 # %% ../nbs/00_core.ipynb #b7c2ab8b
@@ -156,19 +197,24 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 def masked_logsumexp(s: torch.Tensor, keep: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    "`log sum_j exp(s_ij)` over the entries where `keep`; a row with none left gives a huge negative finite value."
+    """`log sum_j exp(s_ij)` over the entries where `keep`; a row with none left gives a
+    huge negative finite value."""
     return torch.logsumexp(s.masked_fill(~keep, torch.finfo(s.dtype).min), dim=dim)
 
 # %% ../nbs/00_core.ipynb #7f05fb69
 class EmbeddingLoss(torch.nn.Module):
-    "Base class of losses called as `loss(embeddings, labels)`: checks, float32 compute, input dtype out."
+    """Base class of losses called as `loss(embeddings, labels)`: checks, float32 compute,
+    input dtype out."""
     min_samples: int = 1             # the smallest batch the loss accepts
-    supports_reference: bool = False # True: takes `ref_emb`, `ref_labels` (positives, negatives from a reference set)
+    # True: takes `ref_emb`, `ref_labels` (positives, negatives from a reference set)
+    supports_reference: bool = False
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
-                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None,
                 self_in_ref: bool = False, **kwargs) -> torch.Tensor:
-        "Check the inputs, compute in float32 (float64 stays float64) with autocast off, return the input dtype."
+        """Check the inputs, compute in float32 (float64 stays float64) with autocast off,
+        return the input dtype."""
         self.check_inputs(embeddings, labels, *args, **kwargs)
         ref = self.check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
@@ -176,37 +222,54 @@ class EmbeddingLoss(torch.nn.Module):
             loss = self.compute(z, labels, *args, **ref, **kwargs)
         return loss.to(embeddings.dtype)
 
-    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs) -> None:
-        "Clear errors on bad input; a loss with more to check (parameters, extra arguments) extends this."
+    def check_inputs(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs
+    ) -> None:
+        """Clear errors on bad input; a loss with more to check (parameters, extra
+        arguments) extends this."""
         check_embeddings_labels(embeddings, labels, self.min_samples)
 
-    def check_reference(self, embeddings, ref_emb, ref_labels, self_in_ref: bool = False) -> dict:
-        "`{}` without a reference set, else `{ref_emb, ref_labels, self_in_ref}` checked against `embeddings`."
+    def check_reference(
+        self, embeddings, ref_emb, ref_labels, self_in_ref: bool = False
+    ) -> dict:
+        """`{}` without a reference set, else `{ref_emb, ref_labels, self_in_ref}` checked
+        against `embeddings`."""
         if ref_emb is None and ref_labels is None:
-            if self_in_ref: raise ValueError("`self_in_ref=True` needs a reference set (`ref_emb`, `ref_labels`).")
+            if self_in_ref:
+                raise ValueError("`self_in_ref=True` needs a reference set (`ref_emb`, "
+                                 "`ref_labels`).")
             return {}
         name = type(self).__name__
         if not self.supports_reference:
-            raise TypeError(f"{name} does not take a reference set (`ref_emb`, `ref_labels`); "
+            raise TypeError(f"{name} does not take a reference set (`ref_emb`, "
+                            "`ref_labels`); "
                             f"call it as loss(embeddings, labels).")
         if ref_emb is None or ref_labels is None:
-            raise ValueError("`ref_emb` and `ref_labels` go together: pass both (one label per reference row).")
+            raise ValueError("`ref_emb` and `ref_labels` go together: pass both (one "
+                             "label per reference row).")
         check_embeddings(ref_emb, "ref_emb")
         check_labels(ref_labels, ref_emb.shape[0], "ref_labels")
         if ref_emb.shape[1] != embeddings.shape[1]:
-            raise ValueError(f"`ref_emb` has dimension d = {ref_emb.shape[1]} but `embeddings` have "
-                             f"d = {embeddings.shape[1]}; both must live in the same embedding space.")
+            raise ValueError(f"`ref_emb` has dimension d = {ref_emb.shape[1]} but "
+                             "`embeddings` have "
+                             f"d = {embeddings.shape[1]}; both must live in the same "
+                             "embedding space.")
         if ref_emb.device != embeddings.device or ref_labels.device != embeddings.device:
-            raise ValueError(f"`ref_emb`/`ref_labels` must be on the embeddings' device {embeddings.device}; "
+            raise ValueError("`ref_emb`/`ref_labels` must be on the embeddings' device "
+                             f"{embeddings.device}; "
                              f"move them with `.to(embeddings.device)`.")
         if self_in_ref and ref_emb.shape[0] < embeddings.shape[0]:
-            raise ValueError(f"`self_in_ref=True` means the first N = {embeddings.shape[0]} rows of `ref_emb` are the "
-                             f"batch itself, but `ref_emb` has only {ref_emb.shape[0]} rows.")
-        return {"ref_emb": ref_emb, "ref_labels": ref_labels, "self_in_ref": bool(self_in_ref)}
+            raise ValueError("`self_in_ref=True` means the first N = "
+                             f"{embeddings.shape[0]} rows of `ref_emb` are the "
+                             f"batch itself, but `ref_emb` has only {ref_emb.shape[0]} "
+                             "rows.")
+        return {"ref_emb": ref_emb, "ref_labels": ref_labels,
+                "self_in_ref": bool(self_in_ref)}
 
     @staticmethod
     def cast(embeddings: torch.Tensor, ref: dict) -> tuple[torch.Tensor, dict]:
-        "`embeddings` (and `ref_emb`) in one compute dtype: at least float32, float64 if either is."
+        """`embeddings` (and `ref_emb`) in one compute dtype: at least float32, float64 if
+        either is."""
         dtype = compute_dtype(embeddings)
         if ref: dtype = torch.promote_types(dtype, compute_dtype(ref["ref_emb"]))
         if ref: ref = {**ref, "ref_emb": ref["ref_emb"].to(dtype)}
@@ -217,18 +280,24 @@ class EmbeddingLoss(torch.nn.Module):
         raise NotImplementedError
 
     def active_ratio(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
-                     ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                     ref_emb: torch.Tensor | None = None,
+                     ref_labels: torch.Tensor | None = None,
                      self_in_ref: bool = False, **kwargs) -> torch.Tensor:
-        "Fraction of the loss's terms that carry gradient on this batch: a 0-dim float tensor in [0, 1]."
+        """Fraction of the loss's terms that carry gradient on this batch: a 0-dim float
+        tensor in [0, 1]."""
         self.check_inputs(embeddings, labels, *args, **kwargs)
         ref = self.check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
-        with torch.no_grad(), torch.autocast(device_type=embeddings.device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(device_type=embeddings.device.type,
+                                             enabled=False):
             z, ref = self.cast(embeddings, ref)
             active, terms = self.active_terms(z, labels, *args, **ref, **kwargs)
-        if active.dtype != torch.bool:   # counts of one shape, where the terms are too many to list
+        if active.dtype != torch.bool:   # counts, where the terms are too many to list
             return active.sum().float() / terms.sum().clamp_min(1).float()
         return (active & terms).sum().float() / terms.sum().clamp_min(1).float()
 
-    def active_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs):
-        "`(active, terms)`: boolean masks of one shape (the terms, those carrying gradient), or counts."
-        raise NotImplementedError(f"{type(self).__name__} does not define `active_terms` yet.")
+    def active_terms(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
+                     **kwargs):
+        """`(active, terms)`: boolean masks of one shape (the terms, those carrying
+        gradient), or counts."""
+        raise NotImplementedError(f"{type(self).__name__} does not define `active_terms` "
+                                  "yet.")

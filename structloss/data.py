@@ -20,12 +20,17 @@ __all__ = ['TORCHVISION_DATASETS', 'DATASETS', 'stratified_split', 'ArrayDataset
            'fake_splits', 'register_dataset', 'load_dataset']
 
 # %% ../nbs/20_data.ipynb #1befac0d
-def stratified_split(labels, fractions: tuple = (0.15, 0.2), seed: int = 0) -> list[np.ndarray]:
-    "Split indices of `labels` by class (eq. 1): returns `[rest, part_1, ...]` for `fractions` `(f_1, ...)`."
+def stratified_split(
+    labels, fractions: tuple = (0.15, 0.2), seed: int = 0
+) -> list[np.ndarray]:
+    """Split indices of `labels` by class (eq. 1): returns `[rest, part_1, ...]` for
+    `fractions` `(f_1, ...)`."""
     labels = np.asarray(labels)
-    if labels.ndim != 1: raise ValueError(f"`labels` must be 1-D; got shape {labels.shape}.")
+    if labels.ndim != 1:
+        raise ValueError(f"`labels` must be 1-D; got shape {labels.shape}.")
     if any(f < 0 for f in fractions) or sum(fractions) >= 1:
-        raise ValueError(f"`fractions` must be >= 0 and sum to < 1 (the rest is the first split); got {fractions}.")
+        raise ValueError("`fractions` must be >= 0 and sum to < 1 (the rest is the "
+                         f"first split); got {fractions}.")
     rng = np.random.default_rng(seed)
     parts = [[] for _ in range(len(fractions) + 1)]
     for c in np.unique(labels):
@@ -35,15 +40,19 @@ def stratified_split(labels, fractions: tuple = (0.15, 0.2), seed: int = 0) -> l
             n = int(round(f * len(idx)))
             parts[k].append(idx[start:start + n]); start += n
         parts[0].append(idx[start:])
-    return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+    return [
+        np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts
+    ]
 
 # %% ../nbs/20_data.ipynb #5349973a
 class ArrayDataset(Dataset):
-    "In-memory `(x[i], y[i])` pairs with a `targets` array and an optional per-sample `transform` of `x[i]`."
+    """In-memory `(x[i], y[i])` pairs with a `targets` array and an optional per-sample
+    `transform` of `x[i]`."""
     def __init__(self, x: torch.Tensor, y, transform=None):
         self.x, self.targets, self.transform = x, np.asarray(y, dtype=np.int64), transform
         if len(self.x) != len(self.targets):
-            raise ValueError(f"`x` has {len(self.x)} samples but `y` has {len(self.targets)} labels.")
+            raise ValueError(f"`x` has {len(self.x)} samples but `y` has "
+                             f"{len(self.targets)} labels.")
     def __len__(self): return len(self.targets)
     def __getitem__(self, i):
         x = self.x[i]
@@ -53,26 +62,34 @@ class LabeledSubset(Dataset):
     "The samples `indices` of `dataset`, with their labels as a `targets` array."
     def __init__(self, dataset, indices, targets=None):
         self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
-        self.targets = dataset_labels(dataset)[self.indices] if targets is None else np.asarray(targets, dtype=np.int64)
+        self.targets = (
+            dataset_labels(dataset)[self.indices]
+            if targets is None
+            else np.asarray(targets, dtype=np.int64)
+        )
     def __len__(self): return len(self.indices)
     def __getitem__(self, i): return self.dataset[int(self.indices[i])]
 
 # %% ../nbs/20_data.ipynb #6cbd086c
 def dataset_labels(dataset) -> np.ndarray:
-    "The integer label of every sample of `dataset`, as a NumPy array, read without loading samples where possible."
-    for attr in ("targets", "labels", "_labels", "y"):  # torchvision spells it in several ways
+    """The integer label of every sample of `dataset`, as a NumPy array, read without
+    loading samples where possible."""
+    # torchvision spells it in several ways
+    for attr in ("targets", "labels", "_labels", "y"):
         if hasattr(dataset, attr) and not callable(getattr(dataset, attr)):
             return np.asarray(getattr(dataset, attr), dtype=np.int64).reshape(-1)
     if hasattr(dataset, "_samples"):  # StanfordCars: (path, label) pairs
         return np.asarray([s[1] for s in dataset._samples], dtype=np.int64)
     if isinstance(dataset, torch.utils.data.Subset):
         return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
-    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)  # slow fallback
+    # slow fallback
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 # %% ../nbs/20_data.ipynb #f7f0774d
 @dataclass
 class DataSplits:
-    "Train/validation/test datasets of one dataset, with its number of classes and input shape."
+    """Train/validation/test datasets of one dataset, with its number of classes and input
+    shape."""
     name: str
     train: Dataset
     val: Dataset
@@ -81,33 +98,40 @@ class DataSplits:
     input_shape: tuple
     classes: list | None = None
     info: dict = field(default_factory=dict)
-    train_eval: Dataset | None = None  # the training samples without augmentation (for kNN/SVC fits)
+    # the training samples without augmentation (for kNN/SVC fits)
+    train_eval: Dataset | None = None
 
     def __repr__(self):
-        return (f"DataSplits({self.name!r}: train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
+        return (f"DataSplits({self.name!r}: train={len(self.train)}, "
+                f"val={len(self.val)}, test={len(self.test)}, "
                 f"num_classes={self.num_classes}, input_shape={tuple(self.input_shape)})")
 
 # %% ../nbs/20_data.ipynb #3cddda4a
 class RandomShift:
-    "Shift a `[C, *spatial]` tensor by a random integer in `[-max_shift, max_shift]` per spatial axis, zero padded."
+    """Shift a `[C, *spatial]` tensor by a random integer in `[-max_shift, max_shift]` per
+    spatial axis, zero padded."""
     def __init__(self, max_shift: int = 1): self.max_shift = max_shift
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         s = self.max_shift
         if s == 0: return x
         shifts = torch.randint(-s, s + 1, (x.ndim - 1,)).tolist()
         padded = torch.nn.functional.pad(x, [s] * (2 * (x.ndim - 1)))
-        slices = [slice(None)] + [slice(s - k, s - k + n) for k, n in zip(shifts, x.shape[1:])]
+        slices = [slice(None)] + [
+            slice(s - k, s - k + n) for k, n in zip(shifts, x.shape[1:])
+        ]
         return padded[tuple(slices)]
     def __repr__(self): return f"RandomShift(max_shift={self.max_shift})"
 
 class GaussianNoise:
     "Add `N(0, std^2)` noise to a tensor."
     def __init__(self, std: float = 0.05): self.std = std
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: return x + self.std * torch.randn_like(x)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.std * torch.randn_like(x)
     def __repr__(self): return f"GaussianNoise(std={self.std})"
 
 class TensorCompose:
-    "Apply callables to a tensor in order (like `torchvision.transforms.Compose`, without importing torchvision)."
+    """Apply callables to a tensor in order (like `torchvision.transforms.Compose`,
+    without importing torchvision)."""
     def __init__(self, *fns): self.fns = fns
     def __call__(self, x):
         for f in self.fns: x = f(x)
@@ -116,7 +140,8 @@ class TensorCompose:
 
 # %% ../nbs/20_data.ipynb #81126671
 class TwoViewDataset(Dataset):
-    "Return `views` independently augmented copies of each sample of `dataset`, stacked: `([V, ...], y)`."
+    """Return `views` independently augmented copies of each sample of `dataset`, stacked:
+    `([V, ...], y)`."""
     def __init__(self, dataset, views: int = 2):
         if views < 1: raise ValueError(f"`views` must be >= 1; got {views}.")
         self.dataset, self.views = dataset, views
@@ -130,19 +155,24 @@ class TwoViewDataset(Dataset):
 def digits_splits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2,
                   augment: bool = False, # random shift + noise on the training split
                  ) -> DataSplits:
-    "scikit-learn's 8×8 digits as `[1, 8, 8]` tensors in [0, 1], split by class with `seed`."
+    """scikit-learn's 8×8 digits as `[1, 8, 8]` tensors in [0, 1], split by class with
+    `seed`."""
     from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     train, val, test = stratified_split(d.target, (val_fraction, test_fraction), seed)
     tf = TensorCompose(RandomShift(1), GaussianNoise(0.05)) if augment else None
-    return DataSplits("digits", ArrayDataset(x[train], d.target[train], tf), ArrayDataset(x[val], d.target[val]),
-                      ArrayDataset(x[test], d.target[test]), 10, (1, 8, 8), [str(i) for i in range(10)],
-                      {"seed": seed, "augment": augment}, ArrayDataset(x[train], d.target[train]))
+    return DataSplits("digits", ArrayDataset(x[train], d.target[train], tf),
+                      ArrayDataset(x[val], d.target[val]),
+                      ArrayDataset(x[test], d.target[test]), 10, (1, 8, 8),
+                      [str(i) for i in range(10)],
+                      {"seed": seed, "augment": augment},
+                      ArrayDataset(x[train], d.target[train]))
 
 # %% ../nbs/20_data.ipynb #b38cd22e
 def cache_dir() -> str:
-    "Where downloaded and generated data live: `$STRUCTLOSS_DATA`, default `~/.cache/structloss`."
+    """Where downloaded and generated data live: `$STRUCTLOSS_DATA`, default
+    `~/.cache/structloss`."""
     return os.path.expanduser(os.environ.get("STRUCTLOSS_DATA", "~/.cache/structloss"))
 
 def _mnist1d_arrays(num_samples: int, data_seed: int):
@@ -159,55 +189,85 @@ def _mnist1d_arrays(num_samples: int, data_seed: int):
     np.savez_compressed(path, **arrays)
     return arrays
 
-def mnist1d_splits(seed: int = 0, num_samples: int = 5000, # the package's default is 5,000; more is fine
-                   val_fraction: float = 0.15, data_seed: int = 42, augment: bool = False) -> DataSplits:
-    "MNIST-1D as `[1, 40]` tensors: the package's test part, and train/validation split by class with `seed`."
-    if num_samples < 100: raise ValueError(f"`num_samples` must be >= 100 (10 per class); got {num_samples}.")
+def mnist1d_splits(
+    seed: int = 0,
+    num_samples: int = 5000,  # the package's default is 5,000; more is fine
+    val_fraction: float = 0.15,
+    data_seed: int = 42,
+    augment: bool = False,
+) -> DataSplits:
+    """MNIST-1D as `[1, 40]` tensors: the package's test part, and train/validation split
+    by class with `seed`."""
+    if num_samples < 100:
+        raise ValueError("`num_samples` must be >= 100 (10 per class); got "
+                         f"{num_samples}.")
     a = _mnist1d_arrays(int(num_samples), int(data_seed))
     x, y = torch.tensor(a["x"], dtype=torch.float32)[:, None], a["y"].astype(np.int64)
     train, val = stratified_split(y, (val_fraction,), seed)
     tf = TensorCompose(RandomShift(2), GaussianNoise(0.05)) if augment else None
     x_test = torch.tensor(a["x_test"], dtype=torch.float32)[:, None]
-    return DataSplits("mnist1d", ArrayDataset(x[train], y[train], tf), ArrayDataset(x[val], y[val]),
-                      ArrayDataset(x_test, a["y_test"]), 10, (1, x.shape[-1]), [str(i) for i in range(10)],
-                      {"seed": seed, "num_samples": num_samples, "data_seed": data_seed, "augment": augment},
+    return DataSplits("mnist1d", ArrayDataset(x[train], y[train], tf),
+                      ArrayDataset(x[val], y[val]),
+                      ArrayDataset(x_test, a["y_test"]), 10, (1, x.shape[-1]),
+                      [str(i) for i in range(10)],
+                      {"seed": seed, "num_samples": num_samples, "data_seed": data_seed,
+                       "augment": augment},
                       ArrayDataset(x[train], y[train]))
 
 # %% ../nbs/20_data.ipynb #f27155db
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# name: (torchvision class, splits ("train/test" arg style), size, channels, num_classes, (mean, std), default augment)
+# name: (torchvision class, splits ("train/test" arg style), size, channels, num_classes,
+# (mean, std), default augment)
 TORCHVISION_DATASETS = {
-    "cifar10": ("CIFAR10", "train_bool", 32, 3, 10, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), "crop_flip"),
-    "cifar100": ("CIFAR100", "train_bool", 32, 3, 100, ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), "crop_flip"),
-    "svhn": ("SVHN", "split_train_test", 32, 3, 10, ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)), "crop"),
-    "fashion_mnist": ("FashionMNIST", "train_bool", 28, 1, 10, ((0.2860,), (0.3530,)), "crop"),
-    "flowers102": ("Flowers102", "split_train_val_test", 224, 3, 102, _IMAGENET, "autoaugment"),
-    "fgvc_aircraft": ("FGVCAircraft", "split_train_val_test", 224, 3, 100, _IMAGENET, "autoaugment"),
+    "cifar10": ("CIFAR10", "train_bool", 32, 3, 10,
+                ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), "crop_flip"),
+    "cifar100": ("CIFAR100", "train_bool", 32, 3, 100,
+                 ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), "crop_flip"),
+    "svhn": ("SVHN", "split_train_test", 32, 3, 10,
+             ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)), "crop"),
+    "fashion_mnist": ("FashionMNIST", "train_bool", 28, 1, 10, ((0.2860,), (0.3530,)),
+                      "crop"),
+    "flowers102": ("Flowers102", "split_train_val_test", 224, 3, 102, _IMAGENET,
+                   "autoaugment"),
+    "fgvc_aircraft": ("FGVCAircraft", "split_train_val_test", 224, 3, 100, _IMAGENET,
+                      "autoaugment"),
     "caltech101": ("Caltech101", "none", 224, 3, 101, _IMAGENET, "autoaugment"),
     "caltech256": ("Caltech256", "none", 224, 3, 257, _IMAGENET, "autoaugment"),
-    "stanford_cars": ("StanfordCars", "split_train_test", 224, 3, 196, _IMAGENET, "autoaugment"),
+    "stanford_cars": ("StanfordCars", "split_train_test", 224, 3, 196, _IMAGENET,
+                      "autoaugment"),
 }
 
 # %% ../nbs/20_data.ipynb #7c42ce07
 def _to_rgb(img): return img.convert("RGB")
 def _to_gray(img): return img.convert("L")
 
-def image_transforms(train: bool, size: int = 32, mean=(0.5,), std=(0.5,), augment: str | None = "crop_flip",
+def image_transforms(train: bool, size: int = 32, mean=(0.5,), std=(0.5,),
+                     augment: str | None = "crop_flip",
                      channels: int = 3):
-    "torchvision pipeline: `augment` in {'crop_flip', 'crop', 'autoaugment', None} for training, plain for eval."
+    """torchvision pipeline: `augment` in {'crop_flip', 'crop', 'autoaugment', None} for
+    training, plain for eval."""
     import torchvision.transforms as T
     if augment not in ("crop_flip", "crop", "autoaugment", None):
-        raise ValueError(f"`augment` must be 'crop_flip', 'crop', 'autoaugment' or None; got {augment!r}.")
+        raise ValueError("`augment` must be 'crop_flip', 'crop', 'autoaugment' or None; "
+                         f"got {augment!r}.")
     small = size <= 64
     tf = [T.Lambda(_to_rgb) if channels == 3 else T.Lambda(_to_gray)]
     if small: tf += [T.Resize(size), T.CenterCrop(size)]  # a no-op at the native size
     if not train or augment is None:
         if not small: tf += [T.Resize(int(round(size * 8 / 7))), T.CenterCrop(size)]
     else:
-        tf += [T.RandomCrop(size, padding=size // 8)] if small else [T.RandomResizedCrop(size)]
+        tf += (
+            [T.RandomCrop(size, padding=size // 8)]
+            if small
+            else [T.RandomResizedCrop(size)]
+        )
         if augment in ("crop_flip", "autoaugment"): tf += [T.RandomHorizontalFlip()]
         if augment == "autoaugment":
-            tf += [T.AutoAugment(T.AutoAugmentPolicy.CIFAR10 if small else T.AutoAugmentPolicy.IMAGENET)]
+            tf += [
+                T.AutoAugment(
+                    T.AutoAugmentPolicy.CIFAR10 if small else T.AutoAugmentPolicy.IMAGENET
+                )
+            ]
     return T.Compose(tf + [T.ToTensor(), T.Normalize(mean, std)])
 
 # %% ../nbs/20_data.ipynb #eb5416c2
@@ -215,11 +275,15 @@ class DatasetUnavailableError(RuntimeError):
     "A dataset is not on disk and could not be downloaded."
 
 def _fix_hint(name, root):
-    hint = (f"Fix: run with download=True (`--download` on the command line) on a machine with internet access, "
-            f"e.g. Colab, or copy the dataset into {root!r} (or point $STRUCTLOSS_DATA / `root` at it).")
+    hint = ("Fix: run with download=True (`--download` on the command line) on a "
+            "machine with internet access, "
+            f"e.g. Colab, or copy the dataset into {root!r} (or point $STRUCTLOSS_DATA / "
+            "`root` at it).")
     if name == "stanford_cars":
-        hint += (" Stanford Cars can no longer be downloaded by torchvision: get it from a mirror (e.g. Kaggle) "
-                 f"and place it as {os.path.join(root, 'stanford_cars')}/(devkit, cars_train, cars_test, cars_test_annos_withlabels.mat).")
+        hint += (" Stanford Cars can no longer be downloaded by torchvision: get it from "
+                 "a mirror (e.g. Kaggle) "
+                 f"and place it as {os.path.join(root, 'stanford_cars')}/(devkit, "
+                 "cars_train, cars_test, cars_test_annos_withlabels.mat).")
     return hint
 
 def _torchvision_dataset(name, split, root, transform, download):
@@ -232,18 +296,29 @@ def _torchvision_dataset(name, split, root, transform, download):
     try:
         return cls(**kw)
     except (RuntimeError, FileNotFoundError, OSError, ValueError) as e:
-        raise DatasetUnavailableError(f"Dataset {name!r} ({cls_name}, split {split!r}) is not available under "
+        raise DatasetUnavailableError(f"Dataset {name!r} ({cls_name}, split {split!r}) "
+                                      "is not available under "
                                       f"{root!r}: {e} {_fix_hint(name, root)}") from e
 
 # %% ../nbs/20_data.ipynb #ff485f4e
-def torchvision_splits(name: str, seed: int = 0, root: str | None = None, download: bool = False,
-                       augment: str | None = "default", # 'default' = the paper's pipeline for this dataset
-                       val_fraction: float = 0.1, test_fraction: float = 0.2, # test: only for sets without one
-                       size: int | None = None) -> DataSplits:
-    "A torchvision dataset as `DataSplits`, training split augmented, validation/test plain."
+def torchvision_splits(
+    name: str,
+    seed: int = 0,
+    root: str | None = None,
+    download: bool = False,
+    augment: str | None = "default",  # 'default' = the paper's pipeline for this dataset
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,  # test: only for sets without one
+    size: int | None = None,
+) -> DataSplits:
+    """A torchvision dataset as `DataSplits`, training split augmented, validation/test
+    plain."""
     if name not in TORCHVISION_DATASETS:
-        raise ValueError(f"Unknown torchvision dataset {name!r}; choose one of {sorted(TORCHVISION_DATASETS)}.")
-    cls_name, style, size0, channels, num_classes, (mean, std), aug0 = TORCHVISION_DATASETS[name]
+        raise ValueError(f"Unknown torchvision dataset {name!r}; choose one of "
+                         f"{sorted(TORCHVISION_DATASETS)}.")
+    cls_name, style, size0, channels, num_classes, (mean, std), aug0 = (
+        TORCHVISION_DATASETS[name]
+    )
     size, root = size or size0, root or cache_dir()
     augment = aug0 if augment == "default" else augment
     tf_train = image_transforms(True, size, mean, std, augment, channels)
@@ -253,51 +328,80 @@ def torchvision_splits(name: str, seed: int = 0, root: str | None = None, downlo
         full_train, full_eval = make(None, tf_train), make(None, tf_eval)
         labels = dataset_labels(full_train)
         tr, va, te = stratified_split(labels, (val_fraction, test_fraction), seed)
-        train, val, test = (LabeledSubset(full_train, tr, labels[tr]), LabeledSubset(full_eval, va, labels[va]),
+        train, val, test = (LabeledSubset(full_train, tr, labels[tr]),
+                            LabeledSubset(full_eval, va, labels[va]),
                             LabeledSubset(full_eval, te, labels[te]))
         train_eval = LabeledSubset(full_eval, tr, labels[tr])
     elif style == "split_train_val_test":
-        train = make("train", tf_train); val = make("val", tf_eval); test = make("test", tf_eval)
+        train = make("train", tf_train); val = make("val", tf_eval)
+        test = make("test", tf_eval)
         train_eval = make("train", tf_eval)
-        train, val, test, train_eval = (LabeledSubset(d, np.arange(len(d))) for d in (train, val, test, train_eval))
+        train, val, test, train_eval = (
+            LabeledSubset(d, np.arange(len(d))) for d in (train, val, test, train_eval)
+        )
     else:
-        full_train, full_eval, test = make("train", tf_train), make("train", tf_eval), make("test", tf_eval)
+        full_train, full_eval, test = (
+            make("train", tf_train),
+            make("train", tf_eval),
+            make("test", tf_eval),
+        )
         labels = dataset_labels(full_train)
         tr, va = stratified_split(labels, (val_fraction,), seed)
-        train, val = LabeledSubset(full_train, tr, labels[tr]), LabeledSubset(full_eval, va, labels[va])
-        test, train_eval = LabeledSubset(test, np.arange(len(test))), LabeledSubset(full_eval, tr, labels[tr])
+        train, val = (
+            LabeledSubset(full_train, tr, labels[tr]),
+            LabeledSubset(full_eval, va, labels[va]),
+        )
+        test, train_eval = (
+            LabeledSubset(test, np.arange(len(test))),
+            LabeledSubset(full_eval, tr, labels[tr]),
+        )
     classes = getattr(getattr(train, "dataset", None), "classes", None)
-    return DataSplits(name, train, val, test, num_classes, (channels, size, size), classes,
+    return DataSplits(name, train, val, test, num_classes, (channels, size, size),
+                      classes,
                       {"seed": seed, "root": root, "augment": augment}, train_eval)
 
 # %% ../nbs/20_data.ipynb #e29d2a7a
-def fake_splits(seed: int = 0, num_samples: int = 120, num_classes: int = 4, size: int = 32, channels: int = 3,
+def fake_splits(seed: int = 0, num_samples: int = 120, num_classes: int = 4,
+                size: int = 32, channels: int = 3,
                 augment: str | None = "crop_flip") -> DataSplits:
-    "torchvision `FakeData` (random images) behind the `DataSplits` interface, for tests of the image code path."
+    """torchvision `FakeData` (random images) behind the `DataSplits` interface, for tests
+    of the image code path."""
     import torchvision.datasets as tvd
     mean, std = (0.5,) * channels, (0.5,) * channels
-    mk = lambda tf, n, off: tvd.FakeData(n, (channels, size, size), num_classes, transform=tf, random_offset=off)
+    mk = lambda tf, n, off: tvd.FakeData(n, (channels, size, size), num_classes,
+                                         transform=tf, random_offset=off)
     tf_train = image_transforms(True, size, mean, std, augment, channels)
     tf_eval = image_transforms(False, size, mean, std, None, channels)
     full_train, full_eval = mk(tf_train, num_samples, 0), mk(tf_eval, num_samples, 0)
-    labels = np.asarray([int(full_eval[i][1]) for i in range(num_samples)])  # FakeData draws labels per index
+    # FakeData draws labels per index
+    labels = np.asarray([int(full_eval[i][1]) for i in range(num_samples)])
     tr, va, te = stratified_split(labels, (0.2, 0.2), seed)
-    return DataSplits("fake", LabeledSubset(full_train, tr, labels[tr]), LabeledSubset(full_eval, va, labels[va]),
-                      LabeledSubset(full_eval, te, labels[te]), num_classes, (channels, size, size), None,
-                      {"seed": seed, "augment": augment}, LabeledSubset(full_eval, tr, labels[tr]))
+    return DataSplits("fake", LabeledSubset(full_train, tr, labels[tr]),
+                      LabeledSubset(full_eval, va, labels[va]),
+                      LabeledSubset(full_eval, te, labels[te]), num_classes,
+                      (channels, size, size), None,
+                      {"seed": seed, "augment": augment},
+                      LabeledSubset(full_eval, tr, labels[tr]))
 
 # %% ../nbs/20_data.ipynb #e548f269
 DATASETS = {"digits": digits_splits, "mnist1d": mnist1d_splits, "fake": fake_splits}
 
 def register_dataset(name: str, loader, overwrite: bool = False) -> None:
-    "Make `load_dataset(name, seed, **options)` call `loader(seed=seed, **options)`, which returns `DataSplits`."
-    if not callable(loader): raise TypeError(f"`loader` must be callable; got {type(loader).__name__}.")
-    if name in TORCHVISION_DATASETS or (name in DATASETS and DATASETS[name] is not loader and not overwrite):
-        raise ValueError(f"A dataset named {name!r} exists already; choose another name or pass overwrite=True.")
+    """Make `load_dataset(name, seed, **options)` call `loader(seed=seed, **options)`,
+    which returns `DataSplits`."""
+    if not callable(loader):
+        raise TypeError(f"`loader` must be callable; got {type(loader).__name__}.")
+    if name in TORCHVISION_DATASETS or (
+        name in DATASETS and DATASETS[name] is not loader and not overwrite
+    ):
+        raise ValueError(f"A dataset named {name!r} exists already; choose another name "
+                         "or pass overwrite=True.")
     DATASETS[name] = loader
 
 def load_dataset(name: str, seed: int = 0, **kwargs) -> DataSplits:
-    "Splits of dataset `name` (`DATASETS` or `TORCHVISION_DATASETS`), options passed to its loader."
+    """Splits of dataset `name` (`DATASETS` or `TORCHVISION_DATASETS`), options passed to
+    its loader."""
     if name in DATASETS: return DATASETS[name](seed=seed, **kwargs)
     if name in TORCHVISION_DATASETS: return torchvision_splits(name, seed=seed, **kwargs)
-    raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS) + sorted(TORCHVISION_DATASETS)}.")
+    raise ValueError(f"Unknown dataset {name!r}; choose one of "
+                     f"{sorted(DATASETS) + sorted(TORCHVISION_DATASETS)}.")

@@ -12,40 +12,51 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Sampler
-from .core import EmbeddingLoss, check_labels
-from .geometry import check_metric, class_counts, class_sums, safe_normalize
+from .core import EmbeddingLoss, check_class_ids, check_labels, masked_logsumexp
+from .geometry import (check_metric, class_counts, class_sums, safe_normalize,
+                                 squared_euclidean_distances)
+from .magnet import MagnetLoss
 from .samplers import ClassBalancedSampler
 from .silhouette import SoftSilhouetteLoss, smooth_max
 
 # %% auto #0
-__all__ = ['rank_and_world_size', 'track_communication', 'gather_sizes', 'all_gather_with_grad', 'gather_batch',
-           'GlobalBatchLoss', 'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts',
-           'global_silhouette_score', 'ClassSumSoftSilhouetteLoss', 'run_on_ranks', 'global_batch_worker',
+__all__ = ['COMM_METHODS', 'COLAB_DATASET_SIZES', 'T4_ASSUMPTIONS', 'COLAB_SESSION_HOURS', 'rank_and_world_size',
+           'track_communication', 'gather_sizes', 'all_gather_with_grad', 'gather_batch', 'GlobalBatchLoss',
+           'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts', 'global_silhouette_score',
+           'ClassSumSoftSilhouetteLoss', 'ClassSumMagnetLoss', 'run_on_ranks', 'global_batch_worker',
            'global_batch_checks', 'single_process_reference', 'communication_bytes', 'measure_communication',
-           'ShardedClassBalancedSampler']
+           'ShardedClassBalancedSampler', 'model_flops', 'colab_estimate', 'experiment_chapters', 'colab_estimates']
 
 # %% ../nbs/41_distributed.ipynb #187a2732
 def rank_and_world_size(group=None) -> tuple[int, int]:
     "`(rank, world size)` of this process; `(0, 1)` when no process group is initialised."
-    if not (dist.is_available() and dist.is_initialized()): return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
+
 
 _LOG: list | None = None
 
+
 @contextlib.contextmanager
 def track_communication():
-    "Record `(collective, bytes)` of each collective of this module in the block (forward, back)."
+    "Record `(collective, bytes)` of this module's collectives in the block."
     global _LOG
     previous, _LOG = _LOG, []
-    try: yield _LOG
-    finally: _LOG = previous
+    try:
+        yield _LOG
+    finally:
+        _LOG = previous
+
 
 def _record(op: str, t: torch.Tensor) -> None:
-    if _LOG is not None: _LOG.append((op, t.numel() * t.element_size()))
+    if _LOG is not None:
+        _LOG.append((op, t.numel() * t.element_size()))
 
 # %% ../nbs/41_distributed.ipynb #36f78dec
 class _AllGather(torch.autograd.Function):
-    "All-gather into `[R, ...]`; backward sums every rank's gradient and keeps its own rows."
+    "All-gather into `[R, ...]`; backward sums all ranks' gradients, keeps its own rows."
+
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
@@ -53,7 +64,7 @@ class _AllGather(torch.autograd.Function):
         x = x.contiguous()
         out = [torch.empty_like(x) for _ in range(R)]
         dist.all_gather(out, x, group=group)
-        out = torch.stack(out)                                      # (R, M, ...)
+        out = torch.stack(out)  # (R, M, ...)
         _record("all_gather", out)
         return out
 
@@ -62,54 +73,77 @@ class _AllGather(torch.autograd.Function):
         rank, R = rank_and_world_size(ctx.group)
         grad = grad.contiguous()
         _record("grad_reduce", grad)
-        if dist.get_backend(ctx.group) == "nccl":                  # each rank: the sum of its rows
+        # each rank: the sum of its rows
+        if dist.get_backend(ctx.group) == "nccl":
             mine = torch.empty_like(grad[0])
             dist.reduce_scatter_tensor(mine, grad, group=ctx.group)
             return mine, None
-        grad = grad.clone()                                         # gloo has no reduce-scatter
+        # gloo has no reduce-scatter
+        grad = grad.clone()
         dist.all_reduce(grad, group=ctx.group)
         return grad[rank], None
+
 
 def gather_sizes(n: int, device=None, group=None) -> list[int]:
     "The number of rows on every rank (one tiny all-gather; the host waits for it)."
     rank, R = rank_and_world_size(group)
-    if R == 1: return [int(n)]
+    if R == 1:
+        return [int(n)]
     t = torch.tensor([int(n)], device=device)
     out = [torch.zeros_like(t) for _ in range(R)]
     dist.all_gather(out, t, group=group)
     _record("all_gather_sizes", torch.cat(out))
     return [int(s) for s in out]
 
+
 def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None, group=None):
-    "The rows of `x` of every rank in rank order; gradients flow back to each rank's own rows."
+    "The rows of `x` of all ranks in rank order; gradients flow back to each rank's rows."
     rank, R = rank_and_world_size(group)
-    if R == 1: return x
-    sizes = gather_sizes(len(x), x.device, group) if sizes is None else [int(s) for s in sizes]
+    if R == 1:
+        return x
+    sizes = (
+        gather_sizes(len(x), x.device, group)
+        if sizes is None
+        else [int(s) for s in sizes]
+    )
     if len(sizes) != R or sizes[rank] != len(x):
-        raise ValueError(f"`sizes` must list the rows of all {R} ranks, {len(x)} for rank {rank}; "
-                         f"got {sizes}.")
+        raise ValueError(
+            f"`sizes` must list the rows of all {R} ranks, {len(x)} for rank {rank}; "
+            f"got {sizes}."
+        )
     M = max(sizes)
-    padded = torch.cat([x, x.new_zeros((M - len(x),) + tuple(x.shape[1:]))])  # pad to the largest
-    g = _AllGather.apply(padded, group)                             # (R, M, ...)
-    return torch.cat([g[r, :sizes[r]] for r in range(R)])          # strip (a loop over ranks)
+    # pad to the largest
+    padded = torch.cat([x, x.new_zeros((M - len(x),) + tuple(x.shape[1:]))])
+    g = _AllGather.apply(padded, group)  # (R, M, ...)
+    # strip (a loop over ranks)
+    return torch.cat([g[r, : sizes[r]] for r in range(R)])
+
 
 def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor, group=None):
-    "`(embeddings, labels, first row of this rank)` of the batch of every rank, in rank order."
+    "`(embeddings, labels, first row of this rank)` of every rank's batch, in rank order."
     check_labels(labels, embeddings.shape[0])
     rank, R = rank_and_world_size(group)
-    if R == 1: return embeddings, labels, 0
+    if R == 1:
+        return embeddings, labels, 0
     sizes = gather_sizes(len(labels), labels.device, group)
-    return (all_gather_with_grad(embeddings, sizes, group),
-            all_gather_with_grad(labels, sizes, group), sum(sizes[:rank]))
+    return (
+        all_gather_with_grad(embeddings, sizes, group),
+        all_gather_with_grad(labels, sizes, group),
+        sum(sizes[:rank]),
+    )
 
 # %% ../nbs/41_distributed.ipynb #0492c8f3
 class GlobalBatchLoss(torch.nn.Module):
-    "`loss` on the batch gathered from every rank: every rank gets the same value, L(global batch)."
-    def __init__(self, loss: torch.nn.Module, # any `loss(embeddings, labels)`
-                 group=None):                  # the process group (None: the default one)
+    "`loss` on the batch gathered from every rank: every rank gets L(global batch)."
+
+    def __init__(
+        self, loss: torch.nn.Module, group=None  # any `loss(embeddings, labels)`
+    ):  # the process group (None: the default one)
         super().__init__()
         if not callable(loss):
-            raise TypeError(f"`loss` must be a callable module; got {type(loss).__name__}.")
+            raise TypeError(
+                f"`loss` must be a callable module; got {type(loss).__name__}."
+            )
         self.loss, self.group = loss, group
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, *args, **kwargs):
@@ -118,7 +152,8 @@ class GlobalBatchLoss(torch.nn.Module):
 
 # %% ../nbs/41_distributed.ipynb #d6b00148
 class _AllReduceSum(torch.autograd.Function):
-    "Sum over ranks; each rank's copy gets the sum of the incoming gradients of all ranks."
+    "Sum over ranks; each rank's copy gets the sum of all ranks' incoming gradients."
+
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
@@ -134,61 +169,94 @@ class _AllReduceSum(torch.autograd.Function):
         dist.all_reduce(g, group=ctx.group)
         return g, None
 
+
 def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
     "`sum_r x_r` on every rank, differentiable (identity without a process group)."
     return x if rank_and_world_size(group)[1] == 1 else _AllReduceSum.apply(x, group)
 
 # %% ../nbs/41_distributed.ipynb #237ff2f7
-def global_class_distance_sums(z: torch.Tensor, ids: torch.Tensor, num_classes: int,
-                               metric: str = "cosine", group=None):
+def global_class_distance_sums(
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    num_classes: int,
+    metric: str = "cosine",
+    group=None,
+):
     "`(T [N_r, C], n [C])`: sums of `d(i, j)` over each *global* class, from class sums."
     if check_metric(metric) == "euclidean":
-        raise ValueError("class sums give euclidean distance sums only approximately; use "
-                         "metric='cosine' or 'sqeuclidean', or gather the batch (GlobalBatchLoss).")
+        raise ValueError(
+            "class sums give euclidean distance sums only approximately; use "
+            "metric='cosine' or 'sqeuclidean', or gather the batch (GlobalBatchLoss)."
+        )
     C = num_classes
-    n_local = class_counts(ids, C, dtype=z.dtype)                          # (C,)
-    own = F.one_hot(ids, C).to(z.dtype)                                    # (N_r, C)
+    n_local = class_counts(ids, C, dtype=z.dtype)  # (C,)
+    own = F.one_hot(ids, C).to(z.dtype)  # (N_r, C)
     if metric == "cosine":
-        z_hat = safe_normalize(z)                                          # (N_r, d)
-        stats = all_reduce_sum(torch.cat([class_sums(z_hat, ids, C), n_local[:, None]], 1), group)
-        S, n = stats[:, :-1], stats[:, -1].detach()                        # (C, d), (C,)
-        T = n[None, :] - z_hat @ S.T                                       # eq. 3 (metrics)
-        T = T - own * (1 - (z_hat * z_hat).sum(1))[:, None]                # minus d(i, i)
-    else:                                                                  # sqeuclidean
+        z_hat = safe_normalize(z)  # (N_r, d)
+        stats = all_reduce_sum(
+            torch.cat([class_sums(z_hat, ids, C), n_local[:, None]], 1), group
+        )
+        S, n = stats[:, :-1], stats[:, -1].detach()  # (C, d), (C,)
+        # eq. 3 (metrics)
+        T = n[None, :] - z_hat @ S.T
+        T = T - own * (1 - (z_hat * z_hat).sum(1))[:, None]  # minus d(i, i)
+    else:  # sqeuclidean
         total = all_reduce_sum(torch.cat([z.detach().sum(0), n_local.sum()[None]]), group)
-        z = z - (total[:-1] / total[-1])                                   # global mean shift
-        sq = (z * z).sum(1)                                                # (N_r,)
-        stats = all_reduce_sum(torch.cat([class_sums(z, ids, C), class_sums(sq[:, None], ids, C),
-                                          n_local[:, None]], 1), group)
+        # global mean shift
+        z = z - (total[:-1] / total[-1])
+        sq = (z * z).sum(1)  # (N_r,)
+        stats = all_reduce_sum(
+            torch.cat(
+                [
+                    class_sums(z, ids, C),
+                    class_sums(sq[:, None], ids, C),
+                    n_local[:, None],
+                ],
+                1,
+            ),
+            group,
+        )
         S, Q, n = stats[:, :-2], stats[:, -2], stats[:, -1].detach()
-        T = n[None, :] * sq[:, None] - 2 * z @ S.T + Q[None, :]            # eq. 4 (metrics)
+        # eq. 4 (metrics)
+        T = n[None, :] * sq[:, None] - 2 * z @ S.T + Q[None, :]
     return T.clamp_min(0), n
 
-def global_silhouette_parts(z: torch.Tensor, ids: torch.Tensor, num_classes: int,
-                            metric: str = "cosine", group=None):
-    "`silhouette_parts` of this rank's rows against the global batch: a, d(i, c), other, own size."
+
+def global_silhouette_parts(
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    num_classes: int,
+    metric: str = "cosine",
+    group=None,
+):
+    "`silhouette_parts` of this rank's rows against the global batch."
     T, n = global_class_distance_sums(z, ids, num_classes, metric, group)
-    own = F.one_hot(ids, num_classes).bool()                               # (N_r, C)
-    n_own = n[ids]                                                         # (N_r,)
+    own = F.one_hot(ids, num_classes).bool()  # (N_r, C)
+    n_own = n[ids]  # (N_r,)
     a = (T * own).sum(1) / (n_own - 1).clamp_min(1)
     d_ic = T / n.clamp_min(1)
     other = ~own & (n > 0)[None, :]
     return a, d_ic, other, n_own
 
-def _check_ids(labels: torch.Tensor, num_classes) -> torch.Tensor:
+
+def _check_ids(labels: torch.Tensor, num_classes, owner: str = "a class-sum loss"):
     if num_classes is None:
-        raise ValueError("ranks must agree on class ids: pass `num_classes` (ids in [0, C)).")
-    on_cpu = labels.device.type == "cpu" and len(labels)
-    if on_cpu and not 0 <= labels.min() <= labels.max() < num_classes:
-        raise ValueError(f"`labels` must lie in [0, num_classes={num_classes}); got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}].")
+        raise ValueError(
+            "ranks must agree on class ids: pass `num_classes` (ids in [0, C))."
+        )
+    check_class_ids(labels, num_classes, owner)
     return labels.long()
 
 # %% ../nbs/41_distributed.ipynb #964d8044
 @torch.no_grad()
-def global_silhouette_score(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                            metric: str = "cosine", group=None) -> torch.Tensor:
-    "The silhouette score (eqs. 1-2, metrics chapter) of every rank's batch, from class sums only."
+def global_silhouette_score(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    metric: str = "cosine",
+    group=None,
+) -> torch.Tensor:
+    "The silhouette score (eqs. 1-2, chapter 2) of all ranks' batches, from class sums."
     check_labels(labels, embeddings.shape[0])
     ids = _check_ids(labels, num_classes)
     z = embeddings.double()
@@ -201,49 +269,132 @@ def global_silhouette_score(embeddings: torch.Tensor, labels: torch.Tensor, num_
     counts = all_reduce_sum(class_counts(ids, num_classes, z.dtype), group)
     C_present, N = int((counts > 0).sum()), int(total[1])
     if not 2 <= C_present <= N - 1:
-        raise ValueError(f"the silhouette needs 2 <= number of classes <= N - 1; got {C_present} "
-                         f"classes for N = {N} samples over all ranks.")
+        raise ValueError(
+            f"the silhouette needs 2 <= number of classes <= N - 1; got {C_present} "
+            f"classes for N = {N} samples over all ranks."
+        )
     return (total[0] / total[1]).to(embeddings.dtype)
 
 # %% ../nbs/41_distributed.ipynb #ad984749
 class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
     "`SoftSilhouetteLoss` of the global batch from all-reduced class sums: O(C d) bytes."
-    def __init__(self, loss: SoftSilhouetteLoss, # its settings
-                 num_classes: int | None = None, group=None):
+
+    def __init__(
+        self,
+        loss: SoftSilhouetteLoss,  # its settings
+        num_classes: int | None = None,
+        group=None,
+    ):
         super().__init__()
         if not isinstance(loss, SoftSilhouetteLoss):
-            raise TypeError(f"`loss` must be a SoftSilhouetteLoss; got {type(loss).__name__}.")
+            raise TypeError(
+                f"`loss` must be a SoftSilhouetteLoss; got {type(loss).__name__}."
+            )
         self.base, self.group = loss, group
         self.num_classes = loss.num_classes if num_classes is None else num_classes
         if self.num_classes is None:
-            raise ValueError("ranks must agree on class ids: give `num_classes` (or to `loss`).")
+            raise ValueError(
+                "ranks must agree on class ids: give `num_classes` (or to `loss`)."
+            )
         if loss.metric == "euclidean":
-            raise ValueError("class sums give euclidean distance sums only approximately; use "
-                             "'cosine' or 'sqeuclidean', or GlobalBatchLoss(SoftSilhouetteLoss()).")
+            raise ValueError(
+                "class sums give euclidean distance sums only approximately; use "
+                "'cosine' or 'sqeuclidean', or GlobalBatchLoss(SoftSilhouetteLoss())."
+            )
 
     def compute(self, embeddings, labels):
         L, ids, C = self.base, _check_ids(labels, self.num_classes), self.num_classes
         tau = L.temperature
         beta = tau if L.softmin_temperature is None else L.softmin_temperature
-        a, d_ic, other, n_own = global_silhouette_parts(embeddings, ids, C, L.metric, self.group)
-        has_other = other.any(1)                          # eqs. 10-13 of SoftSilhouetteLoss
+        a, d_ic, other, n_own = global_silhouette_parts(
+            embeddings, ids, C, L.metric, self.group
+        )
+        # eqs. 10-13 of SoftSilhouetteLoss
+        has_other = other.any(1)
         logits = (-d_ic / beta).masked_fill(~other, float("-inf"))
         logits = torch.where(has_other[:, None], logits, torch.zeros_like(logits))
-        if L.soft_min == "logsumexp": b = -beta * torch.logsumexp(logits, dim=1)
-        else: b = (torch.softmax(logits, dim=1) * d_ic.masked_fill(~other, 0)).sum(1)
+        if L.soft_min == "logsumexp":
+            b = -beta * torch.logsumexp(logits, dim=1)
+        else:
+            b = (torch.softmax(logits, dim=1) * d_ic.masked_fill(~other, 0)).sum(1)
         defined = (n_own > 1) & has_other
         s = (b - a) / (smooth_max(a, b, tau) + L.eps)
         s = torch.where(defined, s, torch.zeros_like(s))
-        if L.singletons == "zero": defined = defined | ((n_own == 1) & has_other)
+        if L.singletons == "zero":
+            defined = defined | ((n_own == 1) & has_other)
         R = rank_and_world_size(self.group)[1]
         count = all_reduce_sum(defined.sum().to(s.dtype), self.group).detach()
-        part = s.sum() / count.clamp_min(1)                   # this rank's share of mean s~
+        # this rank's share of mean s~
+        part = s.sum() / count.clamp_min(1)
         mean_s = all_reduce_sum(part.detach(), self.group)
-        # value: the global loss on every rank; gradient: R x this rank's share (as GlobalBatchLoss)
+        # value: the global loss on every rank; gradient: R x this rank's share
         surrogate = R * (part - part.detach())
         if L.loss_form == "one_minus_mean":
-            return torch.where(count > 0, 1 - mean_s - surrogate, (mean_s - surrogate) * 0)
+            return torch.where(
+                count > 0, 1 - mean_s - surrogate, (mean_s - surrogate) * 0
+            )
         return -mean_s - surrogate
+
+# %% ../nbs/41_distributed.ipynb #c251c0b2
+class ClassSumMagnetLoss(EmbeddingLoss):
+    "`MagnetLoss` (a cluster per class) of the global batch from all-reduced class sums."
+
+    min_samples = 1  # a rank may hold one sample; the global batch needs two
+
+    def __init__(
+        self,
+        loss: MagnetLoss,  # its settings (alpha, eps, hinge)
+        num_classes: int | None = None,
+        group=None,
+    ):
+        super().__init__()
+        if not isinstance(loss, MagnetLoss):
+            raise TypeError(f"`loss` must be a MagnetLoss; got {type(loss).__name__}.")
+        if num_classes is None:
+            raise ValueError(
+                "ranks must agree on class ids: give `num_classes` (ids in [0, C))."
+            )
+        self.base, self.num_classes, self.group = loss, int(num_classes), group
+
+    def compute(self, embeddings, labels):
+        L, C = self.base, self.num_classes
+        ids = _check_ids(labels, C, "ClassSumMagnetLoss")
+        n_loc = class_counts(ids, C, dtype=embeddings.dtype)  # (C,)
+        total = all_reduce_sum(
+            torch.cat([embeddings.detach().sum(0), n_loc.sum()[None]]), self.group
+        )
+        # global mean shift
+        r = embeddings - total[:-1] / total[-1]
+        sq = (r * r).sum(1)  # (N_r,)
+        stats = all_reduce_sum(
+            torch.cat(
+                [class_sums(r, ids, C), class_sums(sq[:, None], ids, C), n_loc[:, None]],
+                1,
+            ),
+            self.group,
+        )
+        # (C, d), (C,), (C,)
+        S, Q, n = stats[:, :-2], stats[:, -2], stats[:, -1].detach()
+        # (C, d) class means
+        mu = S / n.clamp_min(1)[:, None]
+        N = n.sum()
+        # sum ||r - mu_c||^2
+        spread = (Q - (S * S).sum(1) / n.clamp_min(1)).clamp_min(0)
+        sigma2 = (spread.sum() / (N - 1).clamp_min(1)).clamp_min(L.eps)  # eq. 1
+        d_own = ((r - mu[ids]) ** 2).sum(1)  # (N_r,)
+        D = squared_euclidean_distances(r, mu)  # (N_r, C)
+        # other classes
+        neg = (n > 0)[None, :] & (F.one_hot(ids, C) == 0)
+        # eq. 3
+        t = d_own / (2 * sigma2) + L.alpha + masked_logsumexp(-D / (2 * sigma2), neg)
+        t = torch.where(neg.any(1), t, torch.full_like(t, -math.inf))
+        terms = t.clamp_min(0) if L.hinge else t
+        R = rank_and_world_size(self.group)[1]
+        # this rank's share of the mean
+        part = terms.sum() / N
+        value = all_reduce_sum(part.detach(), self.group)
+        # global value; gradient: R x own share
+        return value + R * (part - part.detach())
 
 # %% ../nbs/41_distributed.ipynb #ce049992
 def _free_port() -> int:
@@ -251,30 +402,45 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 def _rank_main(rank, world_size, port, backend, fn, args, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size)
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
-def run_on_ranks(fn, world_size: int = 2, args: tuple = (), backend: str = "gloo") -> list:
+
+def run_on_ranks(
+    fn, world_size: int = 2, args: tuple = (), backend: str = "gloo"
+) -> list:
     "Run `fn(rank, world_size, *args)` in `world_size` new processes; their results."
     import torch.multiprocessing as mp
+
     if not (isinstance(world_size, int) and world_size >= 1):
         raise ValueError(f"`world_size` must be an int >= 1; got {world_size!r}.")
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_rank_main, args=(world_size, _free_port(), backend, fn, tuple(args), out_dir),
-                 nprocs=world_size, join=True)
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
-                for r in range(world_size)]
+    quiet = {"TORCH_CPP_LOG_LEVEL": "ERROR"}  # no C++ notices (DDP) in the new processes
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    try:
+        with tempfile.TemporaryDirectory() as out_dir:
+            mp.spawn(_rank_main, args=(world_size, _free_port(), backend, fn, tuple(args),
+                                       out_dir), nprocs=world_size, join=True)
+            return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
+                    for r in range(world_size)]
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 # %% ../nbs/41_distributed.ipynb #7901f154
 class _LossNet(torch.nn.Module):
-    "A linear encoder and a loss in one module, so that DDP averages the loss's parameters too."
+    "A linear encoder and a loss in one module: DDP averages the loss's parameters too."
+
     def __init__(self, d_in: int, d: int, loss: torch.nn.Module, views: int = 1):
         super().__init__()
         torch.manual_seed(0)
@@ -283,67 +449,114 @@ class _LossNet(torch.nn.Module):
 
     def forward(self, x, labels):
         z = self.encoder(x)
-        if self.views > 1: z = z.view(len(x), self.views, -1)
-        z.retain_grad(); self.z = z
+        if self.views > 1:
+            z = z.view(len(x), self.views, -1)
+        z.retain_grad()
+        self.z = z
         return self.loss(z, labels)
 
+
 def _grads(net) -> dict:
-    return {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-            for k, p in net.named_parameters()}
+    return {
+        k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for k, p in net.named_parameters()
+    }
+
 
 def _split(t, sizes, rank):
     start = sum(sizes[:rank])
-    return t[start:start + sizes[rank]]
+    return t[start : start + sizes[rank]]
 
-def global_batch_worker(rank: int, world_size: int, loss: torch.nn.Module, x: torch.Tensor,
-                        labels: torch.Tensor, sizes: list[int], d: int = 3, views: int = 1,
-                        wrapper=GlobalBatchLoss) -> dict:
-    "On one rank: `wrapper(loss)` on its rows under DDP; value, embedding and parameter gradients."
+
+def global_batch_worker(
+    rank: int,
+    world_size: int,
+    loss: torch.nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    sizes: list[int],
+    d: int = 3,
+    views: int = 1,
+    wrapper=GlobalBatchLoss,
+) -> dict:
+    "On one rank: `wrapper(loss)` on its rows under DDP: value, embedding, weight grads."
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     net = _LossNet(x.shape[1], d, wrapper(loss), views)
     ddp = DDP(net)
     value = ddp(_split(x, sizes, rank), _split(labels, sizes, rank))
     value.backward()
     return {"value": value.detach(), "grad_z": net.z.grad.clone(), "grads": _grads(net)}
 
-def global_batch_checks(rank: int, world_size: int, jobs: list) -> list[dict]:
-    "`global_batch_worker` for each `(loss, x, labels, sizes, wrapper)` of `jobs`, in one spawn."
-    return [global_batch_worker(rank, world_size, loss, x, y, sizes, wrapper=w)
-            for loss, x, y, sizes, w in jobs]
 
-def single_process_reference(loss: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                             d: int = 3, views: int = 1) -> dict:
-    "The same network on the whole batch in one process: what every rank should reproduce."
+def global_batch_checks(rank: int, world_size: int, jobs: list) -> list[dict]:
+    "`global_batch_worker` for each `(loss, x, labels, sizes, wrapper)` of `jobs`."
+    return [
+        global_batch_worker(rank, world_size, loss, x, y, sizes, wrapper=w)
+        for loss, x, y, sizes, w in jobs
+    ]
+
+
+def single_process_reference(
+    loss: torch.nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    d: int = 3,
+    views: int = 1,
+) -> dict:
+    "The same network on the whole batch in one process: what every rank must reproduce."
     net = _LossNet(x.shape[1], d, loss, views)
     value = net(x, labels)
     value.backward()
     return {"value": value.detach(), "grad_z": net.z.grad.clone(), "grads": _grads(net)}
 
 # %% ../nbs/41_distributed.ipynb #24309800
-def communication_bytes(method: str, N: int, C: int, d: int, R: int, itemsize: int = 4,
-                        metric: str = "cosine") -> int:
-    "Bytes in one rank's collective buffers for one step (forward + backward), N split evenly."
-    M = math.ceil(N / R)                                      # rows per rank (the largest)
-    if method == "gather":     # sizes, embeddings, labels (int64) forward; embedding gradients back
-        return R * 8 + R * M * d * itemsize + R * M * 8 + R * M * d * itemsize
-    if method == "class_sums": # class sums and counts forward and back; count, loss value forward
-        width = d + 1 if metric == "cosine" else d + 2
-        shift = 0 if metric == "cosine" else (d + 1) * itemsize   # the global mean, forward only
-        return 2 * C * width * itemsize + shift + 2 * itemsize
-    raise ValueError(f"`method` must be 'gather' or 'class_sums'; got {method!r}.")
+COMM_METHODS = ("gather", "class_sums", "magnet_sums")
 
-def measure_communication(rank: int, world_size: int, configs: list, repeats: int = 3,
-                          metric: str = "cosine", seed: int = 0) -> list[dict]:
-    "On one rank: bytes and median seconds of one step of each method, for each `(N, C, d)`."
+
+def communication_bytes(
+    method: str, N: int, C: int, d: int, R: int, itemsize: int = 4, metric: str = "cosine"
+) -> int:
+    "Bytes in one rank's collective buffers per step (forward, backward), N split evenly."
+    # rows per rank (the largest)
+    M = math.ceil(N / R)
+    # sizes, embeddings, labels (int64) forward; embedding gradients back
+    if method == "gather":
+        return R * 8 + R * M * d * itemsize + R * M * 8 + R * M * d * itemsize
+    # class sums and counts forward and back; count, loss value forward
+    if method == "class_sums":
+        width = d + 1 if metric == "cosine" else d + 2
+        # the global mean, forward only
+        shift = 0 if metric == "cosine" else (d + 1) * itemsize
+        return 2 * C * width * itemsize + shift + 2 * itemsize
+    # the global mean; S, Q, n forward and back; the loss value
+    if method == "magnet_sums":
+        return (d + 1) * itemsize + 2 * C * (d + 2) * itemsize + itemsize
+    raise ValueError(f"`method` must be one of {COMM_METHODS}; got {method!r}.")
+
+
+def measure_communication(
+    rank: int,
+    world_size: int,
+    configs: list,
+    repeats: int = 3,
+    metric: str = "cosine",
+    seed: int = 0,
+) -> list[dict]:
+    "On one rank: bytes and median seconds of a step of each method, each `(N, C, d)`."
     import time
+
     rows = []
     for N, C, d in configs:
         g = torch.Generator().manual_seed(seed + rank)
         z = torch.randn(N // world_size, d, generator=g)
         y = torch.randint(0, C, (N // world_size,), generator=g)
         base = SoftSilhouetteLoss(metric=metric, num_classes=C)
-        for method, loss in (("gather", GlobalBatchLoss(base)),
-                             ("class_sums", ClassSumSoftSilhouetteLoss(base))):
+        for method, loss in (
+            ("gather", GlobalBatchLoss(base)),
+            ("class_sums", ClassSumSoftSilhouetteLoss(base)),
+            ("magnet_sums", ClassSumMagnetLoss(MagnetLoss(), C)),
+        ):
             times = []
             for _ in range(repeats):
                 zz = z.clone().requires_grad_()
@@ -352,21 +565,39 @@ def measure_communication(rank: int, world_size: int, configs: list, repeats: in
                 with track_communication() as log:
                     loss(zz, y).backward()
                 times.append(time.perf_counter() - t0)
-            rows.append({"method": method, "N": N, "C": C, "d": d, "R": world_size,
-                         "bytes": sum(b for _, b in log), "collectives": len(log),
-                         "seconds": sorted(times)[len(times) // 2]})
+            rows.append(
+                {
+                    "method": method,
+                    "N": N,
+                    "C": C,
+                    "d": d,
+                    "R": world_size,
+                    "bytes": sum(b for _, b in log),
+                    "collectives": len(log),
+                    "seconds": sorted(times)[len(times) // 2],
+                }
+            )
     return rows
 
 # %% ../nbs/41_distributed.ipynb #f713a07f
 class ShardedClassBalancedSampler(Sampler):
     "This rank's share of a `ClassBalancedSampler`: a slice of each batch, or every R-th."
-    def __init__(self, labels, m: int = 4, # samples per class in a batch
-                 p: int = 8, # classes per *global* batch (split) or per batch (interleave)
-                 seed: int = 0, # the same on every rank
-                 num_replicas: int | None = None, # R; None: the process group's world size
-                 rank: int | None = None, # None: this process's rank
-                 mode: str = "split", # "split": p/R classes of each; "interleave": r, r+R, ...
-                 drop_last: bool = True): # interleave: drop the last len % R batches (else repeat)
+
+    def __init__(
+        self,
+        labels,
+        m: int = 4,  # samples per class in a batch
+        # classes per *global* batch (split) or per batch (interleave)
+        p: int = 8,
+        seed: int = 0,  # the same on every rank
+        # R; None: the process group's world size
+        num_replicas: int | None = None,
+        rank: int | None = None,  # None: this process's rank
+        # "split": p/R classes of each; "interleave": r, r+R, ...
+        mode: str = "split",
+        # interleave: drop the last len % R batches (else repeat)
+        drop_last: bool = True,
+    ):
         if mode not in ("split", "interleave"):
             raise ValueError(f"`mode` must be 'split' or 'interleave'; got {mode!r}.")
         r, R = rank_and_world_size()
@@ -377,30 +608,236 @@ class ShardedClassBalancedSampler(Sampler):
         if not (isinstance(r, int) and 0 <= r < R):
             raise ValueError(f"`rank` must be in [0, {R}); got {r!r}.")
         if mode == "split" and p % R:
-            raise ValueError(f"mode='split' gives each of the {R} ranks p/R classes of a batch; "
-                             f"`p`={p} is not a multiple of {R}. Use p={R * max(1, round(p / R))} "
-                             f"or mode='interleave'.")
+            raise ValueError(
+                f"mode='split' gives each of the {R} ranks p/R classes of a batch; "
+                f"`p`={p} is not a multiple of {R}. Use p={R * max(1, round(p / R))} "
+                f"or mode='interleave'."
+            )
         self.base = ClassBalancedSampler(labels, m, p, seed)
         self.num_replicas, self.rank, self.mode, self.drop_last = R, r, mode, drop_last
         self.epoch = 0
 
     def __len__(self) -> int:
         n, R = len(self.base), self.num_replicas
-        if self.mode == "split": return n
+        if self.mode == "split":
+            return n
         return n // R if self.drop_last else math.ceil(n / R)
 
-    def set_epoch(self, epoch: int) -> None: self.epoch = epoch
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def batches(self, epoch: int) -> list[list[int]]:
         "This rank's batches of `epoch` (all ranks derive the epoch from `seed`)."
         full, R, r = self.base.batches(epoch), self.num_replicas, self.rank
         if self.mode == "split":
-            k = self.base.m * self.base.p // R              # whole classes: m-chunks
-            return [b[r * k:(r + 1) * k] for b in full]
-        full = full + full[:len(self) * R - len(full)]     # repeat the first (drop_last=False only)
-        return full[r:len(self) * R:R]
+            k = self.base.m * self.base.p // R  # whole classes: m-chunks
+            return [b[r * k : (r + 1) * k] for b in full]
+        # repeat the first (drop_last=False only)
+        full = full + full[: len(self) * R - len(full)]
+        return full[r : len(self) * R : R]
 
     def __iter__(self):
         batches = self.batches(self.epoch)
         self.epoch += 1
         yield from batches
+
+# %% ../nbs/41_distributed.ipynb #aa14efa8
+# (train, val) samples of each `colab` dataset after the book's splits (the datasets'
+# documented sizes; `stratified_split` keeps val_fraction = 0.1 of the official training
+# split, or of all the images (test 0.2) where a dataset has no split)
+COLAB_DATASET_SIZES = {
+    "cifar10": (45_000, 5_000),
+    "cifar100": (45_000, 5_000),
+    "svhn": (65_931, 7_326),
+    "fashion_mnist": (54_000, 6_000),
+    "flowers102": (1_020, 1_020),
+    "fgvc_aircraft": (3_334, 3_333),
+    "caltech101": (6_074, 868),
+    "caltech256": (21_425, 3_061),
+    "stanford_cars": (7_330, 814),
+}
+# assumed: effective TFLOP/s under mixed precision (the T4's float16 peak is 65), images
+# per second the two CPU cores of a Colab machine decode and augment (224 pixels; small
+# in-memory images), and a fixed cost per optimizer step
+T4_ASSUMPTIONS = {
+    "tflops": 8.0,
+    "images_per_s_large": 350.0,
+    "images_per_s_small": 4000.0,
+    "step_overhead_s": 0.02,
+}
+COLAB_SESSION_HOURS = 12  # the longest a free Colab session lasts
+
+_LOADED: dict = {}
+
+
+def _load(exp):
+    "The experiment's data (small offline datasets only), loaded once."
+    from structloss.data import load_dataset
+
+    key = (exp.dataset, repr(sorted(exp.dataset_kwargs.items())))
+    if key not in _LOADED:
+        _LOADED[key] = load_dataset(
+            exp.dataset, seed=exp.split_seed, **exp.dataset_kwargs
+        )
+    return _LOADED[key]
+
+
+def _dataset_sizes(exp) -> tuple[int, int]:
+    "(train, val) sizes of an experiment's data, without loading large datasets."
+    kw = exp.dataset_kwargs
+    if exp.dataset in COLAB_DATASET_SIZES:
+        return COLAB_DATASET_SIZES[exp.dataset]
+    if exp.dataset == "mnist1d":  # 20% test, then 15% of the rest for validation
+        n = int(kw.get("num_samples", 5000)) * 0.8
+        return round(0.85 * n), round(0.15 * n)
+    if exp.dataset == "vg_class_split":  # all images of the seen classes, 10% held out
+        tr, va = COLAB_DATASET_SIZES[kw.get("name", "fgvc_aircraft")]
+        seen = (tr + va + 3_333) * kw.get("seen_fraction", 0.5)
+        return round(0.9 * seen), round(0.1 * seen)
+    d = _load(exp)
+    return len(d.train), len(d.val)
+
+
+def _input_shape(exp) -> tuple[tuple, int]:
+    "(input shape, classes) of an experiment's data."
+    from structloss.data import TORCHVISION_DATASETS
+
+    name = exp.dataset_kwargs.get("name", exp.dataset)
+    if name in TORCHVISION_DATASETS:
+        _, _, size, channels = TORCHVISION_DATASETS[name][:4]
+        C = TORCHVISION_DATASETS[name][4]
+        if exp.dataset == "vg_class_split":
+            C = round(C * exp.dataset_kwargs.get("seen_fraction", 0.5))
+        return (channels, size, size), C
+    if exp.dataset == "mnist1d":
+        return (1, 40), 10
+    d = _load(exp)
+    return tuple(d.input_shape), d.num_classes
+
+
+_FLOPS: dict = {}
+
+
+def model_flops(exp) -> tuple[float, float]:
+    "FLOPs per sample of a training step (3 forwards; 1 if frozen) and of a forward."
+    from types import SimpleNamespace
+    from torch.utils.flop_counter import FlopCounterMode
+    from structloss.experiments import _build_model
+
+    shape, C = _input_shape(exp)
+    key = (repr(sorted(exp.model.items())), shape, C)
+    if key in _FLOPS:
+        return _FLOPS[key]
+    stub = SimpleNamespace(input_shape=shape, num_classes=C, info={}, name=exp.dataset)
+    # frozen ImageNet ViT (weights not needed)
+    if exp.model.get("encoder") == "vit_b_32":
+        import torchvision
+
+        vit = torchvision.models.vit_b_32(weights=None).requires_grad_(False)
+        vit.heads = torch.nn.Identity()
+        model = torch.nn.Sequential(vit, torch.nn.Linear(768, 128))
+    else:
+        model = _build_model(exp.model, stub)
+    # shapes, no arithmetic
+    model, x = model.to("meta"), torch.randn(2, *shape, device="meta")
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            model.eval()(x)
+    forward = fwd.get_total_flops() / 2
+    # backward through the small head only
+    frozen = exp.model.get("encoder") == "vit_b_32"
+    _FLOPS[key] = (forward if frozen else 3 * forward), forward  # backward ~ 2 forwards
+    return _FLOPS[key]
+
+
+def colab_estimate(exp, assumptions: dict | None = None) -> dict:
+    "Steps, images and estimated seconds of `exp` (resolved for `colab`) on a T4."
+    a = {**T4_ASSUMPTIONS, **(assumptions or {})}
+    t = exp.train
+    n_train, n_val = _dataset_sizes(exp)
+    if t.get("sampler"):
+        per_step = t["sampler"]["m"] * t["sampler"]["p"]
+        steps_per_epoch = math.ceil(n_train / per_step)
+    else:
+        per_step = t.get("batch_size", 64)
+        steps_per_epoch = max(1, n_train // per_step)
+    views = t.get("views") or 1
+    epochs, seeds = t.get("epochs", 10), len(exp.seeds)
+    train_flops, eval_flops = model_flops(exp)
+    large = _input_shape(exp)[0][-1] >= 128
+    rate = a["images_per_s_large" if large else "images_per_s_small"]
+    flops = a["tflops"] * 1e12
+    images = per_step * views
+    step_s = max(images * train_flops / flops, images / rate) + a["step_overhead_s"]
+    eval_s = lambda n: max(n * eval_flops / flops, n / rate)
+    seed_s = epochs * (steps_per_epoch * step_s + eval_s(n_val)) + eval_s(n_train + n_val)
+    return {
+        "experiment": exp.name,
+        "steps": seeds * epochs * steps_per_epoch,
+        "images": seeds * epochs * steps_per_epoch * images,
+        "train GFLOP/sample": train_flops / 1e9,
+        "seconds": seeds * seed_s,
+    }
+
+
+_CHAPTER_MAP = """
+import importlib, inspect, json, re, sys
+from structloss import experiments as ex
+owner = {name: "structloss.experiments" for name in ex.EXPERIMENTS}  # its own baselines
+register = ex.register_experiment
+# the structloss module that registers each experiment
+def recording(exp, *args, **kwargs):
+    for f in inspect.stack()[1:]:
+        m = f.frame.f_globals.get("__name__", "")
+        if m.startswith("structloss.") and m != "structloss.experiments":
+            owner.setdefault(exp.name, m); break
+    return register(exp, *args, **kwargs)
+ex.register_experiment = recording
+ex._import_all()
+def chapter(m):
+    src = open(importlib.import_module(m).__file__).read(2000)
+    nb = re.search(r"File to edit: \\.\\./nbs/(\\w+)\\.ipynb", src)
+    return nb.group(1) if nb else m
+json.dump({name: chapter(m) for name, m in owner.items()}, sys.stdout)
+"""
+
+
+def experiment_chapters() -> dict[str, str]:
+    "Each registered experiment's chapter: the notebook of the module that registers it."
+    import json, subprocess, sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _CHAPTER_MAP],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    return json.loads(out.stdout)
+
+
+def colab_estimates(
+    assumptions: dict | None = None,
+    details: list | None = None,
+    chapters: dict | None = None,
+) -> list[dict]:
+    "One row per chapter with `colab` experiments: how many, steps, estimated T4 hours."
+    from structloss.experiments import EXPERIMENTS, _import_all
+
+    _import_all()
+    chapters, rows = chapters or experiment_chapters(), {}
+    for name, chapter in sorted(chapters.items()):
+        exp = EXPERIMENTS[name]
+        # no colab profile: not run there
+        if exp.profiles.get("colab", {}) is None:
+            continue
+        est = colab_estimate(exp.resolve("colab"), assumptions)
+        if details is not None:
+            details.append({"chapter": chapter, **est})
+        r = rows.setdefault(
+            chapter, {"chapter": chapter, "experiments": 0, "steps": 0, "hours": 0.0}
+        )
+        r["experiments"] += 1
+        r["steps"] += est["steps"]
+        r["hours"] += est["seconds"] / 3600
+    return [rows[c] for c in sorted(rows)]

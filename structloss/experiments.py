@@ -24,18 +24,25 @@ __all__ = ['EXPERIMENTS', 'SUITES', 'Experiment', 'register_experiment', 'get_ex
            'load_result', 'run_or_load', 'run_suite', 'glue', 'main']
 
 # %% ../nbs/24_experiments.ipynb #b14d6ef3
-_FIELDS = ("dataset", "dataset_kwargs", "model", "objective", "train", "seeds", "split_seed", "evaluation")
+_FIELDS = ("dataset", "dataset_kwargs", "model", "objective", "train", "seeds",
+           "split_seed", "evaluation")
 
 def _merge(base: dict, over: dict) -> dict:
-    "Recursive dict merge: values of `over` win; nested dicts are merged, everything else replaced."
+    """Recursive dict merge: values of `over` win; nested dicts are merged, everything
+    else replaced."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = (
+            _merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict)
+            else copy.deepcopy(v)
+        )
     return out
 
 @dataclass
 class Experiment:
-    "A named experiment: dataset, model, objective, training numbers and seeds, with per-profile overrides."
+    """A named experiment: dataset, model, objective, training numbers and seeds, with
+    per-profile overrides."""
     name: str
     dataset: str
     objective: dict = field(default_factory=dict)   # {} = cross-entropy
@@ -44,60 +51,86 @@ class Experiment:
     dataset_kwargs: dict = field(default_factory=dict)
     seeds: tuple = (0, 1, 2)
     split_seed: int = 0
-    profiles: dict = field(default_factory=dict)    # {profile: overrides or None (unavailable)}
+    # {profile: overrides or None (unavailable)}
+    profiles: dict = field(default_factory=dict)
     description: str = ""
-    evaluation: dict = field(default_factory=dict)  # options of `evaluate`; "extra": metric functions by dotted path
+    # options of `evaluate`; "extra": metric functions by dotted path
+    evaluation: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for p, over in self.profiles.items():
-            if p not in PROFILES: raise ValueError(f"Experiment {self.name!r}: unknown profile {p!r}; use {PROFILES}.")
+            if p not in PROFILES:
+                raise ValueError(f"Experiment {self.name!r}: unknown profile {p!r}; use "
+                                 f"{PROFILES}.")
             bad = set(over or {}) - set(_FIELDS)
-            if bad: raise ValueError(f"Experiment {self.name!r}, profile {p!r}: unknown field(s) {sorted(bad)}; "
+            if bad:
+                raise ValueError(f"Experiment {self.name!r}, profile {p!r}: unknown "
+                                 f"field(s) {sorted(bad)}; "
                                      f"overridable fields are {_FIELDS}.")
 
     def resolve(self, profile: str | None = None) -> "Experiment":
-        "This experiment with the overrides of `profile` (default: the active profile) merged in."
+        """This experiment with the overrides of `profile` (default: the active profile)
+        merged in."""
         profile = profile or get_profile()
-        if profile not in PROFILES: raise ValueError(f"Unknown profile {profile!r}; use one of {PROFILES}.")
+        if profile not in PROFILES:
+            raise ValueError(f"Unknown profile {profile!r}; use one of {PROFILES}.")
         if profile in self.profiles and self.profiles[profile] is None:
             ok = [p for p in PROFILES if self.profiles.get(p, {}) is not None]
-            raise ValueError(f"Experiment {self.name!r} has no {profile!r} profile; run it with --profile {' or '.join(ok)}.")
+            raise ValueError(f"Experiment {self.name!r} has no {profile!r} profile; run "
+                             f"it with --profile {' or '.join(ok)}.")
         d = {k: getattr(self, k) for k in _FIELDS}
         d = _merge(d, self.profiles.get(profile) or {})
-        return Experiment(self.name, **{k: d[k] for k in _FIELDS}, description=self.description)
+        return Experiment(self.name, **{k: d[k] for k in _FIELDS},
+                          description=self.description)
 
-    def derive(self, name: str, description: str | None = None, **overrides) -> "Experiment":
-        "A copy named `name` with `overrides` merged into its fields (dicts recursively, per profile for `profiles`)."
+    def derive(
+        self, name: str, description: str | None = None, **overrides
+    ) -> "Experiment":
+        """A copy named `name` with `overrides` merged into its fields (dicts recursively,
+        per profile for `profiles`)."""
         bad = set(overrides) - set(_FIELDS) - {"profiles"}
-        if bad: raise ValueError(f"Experiment.derive: unknown field(s) {sorted(bad)}; use {_FIELDS + ('profiles',)}.")
+        if bad:
+            raise ValueError(f"Experiment.derive: unknown field(s) {sorted(bad)}; use "
+                             f"{_FIELDS + ('profiles',)}.")
         d = {k: getattr(self, k) for k in _FIELDS}
         d = _merge(d, {k: v for k, v in overrides.items() if k != "profiles"})
         profiles = copy.deepcopy(self.profiles)
         for p, over in overrides.get("profiles", {}).items():
             mergeable = over is not None and profiles.get(p) is not None
             profiles[p] = _merge(profiles[p], over) if mergeable else copy.deepcopy(over)
-        return Experiment(name, **d, profiles=profiles,
-                          description=self.description if description is None else description)
+        return Experiment(
+            name,
+            **d,
+            profiles=profiles,
+            description=self.description if description is None else description,
+        )
 
     def to_dict(self) -> dict:
         "JSON-friendly description (callables by their names)."
-        return json.loads(json.dumps(asdict(self), default=lambda o: getattr(o, "__name__", repr(o))))
+        return json.loads(json.dumps(asdict(self),
+                                     default=lambda o: getattr(o, "__name__", repr(o))))
 
 # %% ../nbs/24_experiments.ipynb #71de28c3
 EXPERIMENTS: dict[str, Experiment] = {}
-SUITES: dict[str, dict] = {}  # {name: {"members": [experiment names], "description": str}}
-_BENCH = {"core", "geometry", "data", "samplers", "models", "train", "experiments", "_modidx"}
+# {name: {"members": [experiment names], "description": str}}
+SUITES: dict[str, dict] = {}
+_BENCH = {"core", "geometry", "data", "samplers", "models", "train", "experiments",
+          "_modidx"}
 
 def register_experiment(exp: Experiment, overwrite: bool = False) -> Experiment:
     "Add `exp` to `EXPERIMENTS` under its name."
     if exp.name in EXPERIMENTS and not overwrite and EXPERIMENTS[exp.name] != exp:
-        raise ValueError(f"An experiment named {exp.name!r} is already registered; pass overwrite=True to replace it.")
+        raise ValueError(f"An experiment named {exp.name!r} is already registered; pass "
+                         "overwrite=True to replace it.")
     EXPERIMENTS[exp.name] = exp
     return exp
 
 def _structloss_modules() -> list[str]:
     import structloss
-    return sorted(m.name for m in pkgutil.iter_modules(structloss.__path__) if m.name not in _BENCH)
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(structloss.__path__) if m.name not in _BENCH
+    )
 
 def _import_all():
     for m in _structloss_modules():
@@ -105,38 +138,48 @@ def _import_all():
         except Exception: pass  # a broken or optional module must not hide the others
 
 def get_experiment(name: str) -> Experiment:
-    "The registered experiment `name` (importing structloss's modules to find it if needed)."
+    """The registered experiment `name` (importing structloss's modules to find it if
+    needed)."""
     if name not in EXPERIMENTS: _import_all()
     if name not in EXPERIMENTS:
-        raise ValueError(f"Unknown experiment {name!r}; registered: {', '.join(sorted(EXPERIMENTS))}.")
+        raise ValueError(f"Unknown experiment {name!r}; registered: "
+                         f"{', '.join(sorted(EXPERIMENTS))}.")
     return EXPERIMENTS[name]
 
 def register_suite(name: str, members, description: str = "") -> list[str]:
-    "Name a group of registered experiments (a paper's table): `structloss run <name>` runs them all."
+    """Name a group of registered experiments (a paper's table): `structloss run <name>`
+    runs them all."""
     members = [m.name if isinstance(m, Experiment) else m for m in members]
     if not members or not all(isinstance(m, str) for m in members):
-        raise ValueError(f"Suite {name!r}: `members` must be a non-empty list of experiment names; got {members!r}.")
+        raise ValueError(f"Suite {name!r}: `members` must be a non-empty list of "
+                         f"experiment names; got {members!r}.")
     missing = [m for m in members if m not in EXPERIMENTS]
-    if missing: raise ValueError(f"Suite {name!r}: register these experiments first: {missing}.")
-    if name in EXPERIMENTS: raise ValueError(f"Suite {name!r}: an experiment already has that name.")
+    if missing:
+        raise ValueError(f"Suite {name!r}: register these experiments first: {missing}.")
+    if name in EXPERIMENTS:
+        raise ValueError(f"Suite {name!r}: an experiment already has that name.")
     SUITES[name] = {"members": members, "description": description}
     return members
 
 def get_suite(name: str) -> list[str]:
-    "The member names of suite `name` (importing structloss's modules to find it if needed)."
+    """The member names of suite `name` (importing structloss's modules to find it if
+    needed)."""
     if name not in SUITES: _import_all()
     if name not in SUITES:
-        raise ValueError(f"Unknown suite {name!r}; registered: {', '.join(sorted(SUITES)) or 'none'}.")
+        raise ValueError(f"Unknown suite {name!r}; registered: "
+                         f"{', '.join(sorted(SUITES)) or 'none'}.")
     return list(SUITES[name]["members"])
 
 # %% ../nbs/24_experiments.ipynb #8eeca4ee
 def resolve_loss(name: str):
-    "The loss class called `name`: a dotted path, or a class found in one of structloss's modules."
+    """The loss class called `name`: a dotted path, or a class found in one of
+    structloss's modules."""
     if not isinstance(name, str): return name  # already a class
     if "." in name:
         mod, _, cls = name.rpartition(".")
         try: return getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError) as e: raise ValueError(f"Cannot import loss {name!r}: {e}") from e
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"Cannot import loss {name!r}: {e}") from e
     searched = []
     for m in _structloss_modules():
         try: mod = importlib.import_module(f"structloss.{m}")
@@ -144,11 +187,14 @@ def resolve_loss(name: str):
         searched.append(m)
         obj = getattr(mod, name, None)
         if inspect.isclass(obj) and issubclass(obj, torch.nn.Module): return obj
-    raise ValueError(f"Unknown loss {name!r}: no torch.nn.Module of that name in structloss modules {searched}. "
-                     f"Check the spelling, or give a dotted path such as 'structloss.contrastive.SupConLoss'.")
+    raise ValueError(f"Unknown loss {name!r}: no torch.nn.Module of that name in "
+                     f"structloss modules {searched}. "
+                     "Check the spelling, or give a dotted path such as "
+                     "'structloss.contrastive.SupConLoss'.")
 
 def _make_loss(cls, kwargs: dict, data: DataSplits, embedding_dim: int):
-    "Instantiate `cls(**kwargs)`, filling `num_classes` / `embedding_size` from the data and model when it takes them."
+    """Instantiate `cls(**kwargs)`, filling `num_classes` / `embedding_size` from the data
+    and model when it takes them."""
     params = inspect.signature(cls).parameters
     kwargs = dict(kwargs)
     if "num_classes" in params: kwargs.setdefault("num_classes", data.num_classes)
@@ -156,28 +202,44 @@ def _make_loss(cls, kwargs: dict, data: DataSplits, embedding_dim: int):
     return cls(**kwargs)
 
 def build_objective(spec: dict | None, data: DataSplits, embedding_dim: int):
-    "An `Objective` from a spec: `{}` is cross-entropy; `{'factory': name, 'kwargs': ...}`; or terms by loss name."
+    """An `Objective` from a spec: `{}` is cross-entropy; `{'factory': name, 'kwargs':
+    ...}`; or terms by loss name."""
     from structloss.objectives import Objective
     spec = dict(spec or {})
     if "factory" in spec:
         import structloss.objectives as so
-        fn = getattr(so, spec["factory"], None) if "." not in spec["factory"] else resolve_loss(spec["factory"])
-        if fn is None: raise ValueError(f"Unknown objective factory {spec['factory']!r} in structloss.objectives.")
+
+        fn = (
+            getattr(so, spec["factory"], None)
+            if "." not in spec["factory"]
+            else resolve_loss(spec["factory"])
+        )
+        if fn is None:
+            raise ValueError(f"Unknown objective factory {spec['factory']!r} in "
+                             "structloss.objectives.")
         return fn(**spec.get("kwargs", {}))
     bad = set(spec) - {"terms", "ce_weight", "mix", "views"}
-    if bad: raise ValueError(f"Objective spec: unknown key(s) {sorted(bad)}; use terms, ce_weight, mix, views or factory.")
+    if bad:
+        raise ValueError(f"Objective spec: unknown key(s) {sorted(bad)}; use terms, "
+                         "ce_weight, mix, views or factory.")
     terms = {}
     for name, t in (spec.get("terms") or {}).items():
         if not isinstance(t, dict) or "loss" not in t:
-            raise ValueError(f"Objective term {name!r} must be a dict with a 'loss' name (and optional 'kwargs', "
+            raise ValueError(f"Objective term {name!r} must be a dict with a 'loss' name "
+                             "(and optional 'kwargs', "
                              f"'weight'); got {t!r}.")
-        terms[name] = (_make_loss(resolve_loss(t["loss"]), t.get("kwargs", {}), data, embedding_dim), t.get("weight", 1.0))
-    return Objective(terms, ce_weight=spec.get("ce_weight", 1.0), mix=spec.get("mix"), views=spec.get("views"))
+        terms[name] = (
+            _make_loss(resolve_loss(t["loss"]), t.get("kwargs", {}), data, embedding_dim),
+            t.get("weight", 1.0),
+        )
+    return Objective(terms, ce_weight=spec.get("ce_weight", 1.0), mix=spec.get("mix"),
+                     views=spec.get("views"))
 
 # %% ../nbs/24_experiments.ipynb #408f3c28
 @dataclass
 class ExperimentResult:
-    "Per-seed metrics and histories of one experiment run, their summary, and the first seed's test embeddings."
+    """Per-seed metrics and histories of one experiment run, their summary, and the first
+    seed's test embeddings."""
     experiment: Experiment
     profile: str
     metrics: list
@@ -187,12 +249,16 @@ class ExperimentResult:
     embeddings: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     environment: dict = field(default_factory=dict)
-    wall_s: float | None = None  # seconds the run took when it ran (kept when it is loaded from its files)
+    # seconds the run took when it ran (kept when it is loaded from its files)
+    wall_s: float | None = None
 
-    def table(self) -> str: return format_table(self.summary, title=f"{self.experiment.name} ({self.profile})")
+    def table(self) -> str:
+        return format_table(self.summary,
+                            title=f"{self.experiment.name} ({self.profile})")
 
 def summarize(metrics: list[dict]) -> dict:
-    "`{metric: (mean, std, n)}` over seeds; std is the sample standard deviation (0 for one seed)."
+    """`{metric: (mean, std, n)}` over seeds; std is the sample standard deviation (0 for
+    one seed)."""
     out = {}
     for k in dict.fromkeys(k for m in metrics for k in m):
         v = np.array([m[k] for m in metrics if k in m], dtype=float)
@@ -216,26 +282,34 @@ def _resolve_callable(path: str, what: str):
     mod, _, name = str(path).rpartition(".")
     try: fn = getattr(importlib.import_module(mod), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"Cannot import the {what} {path!r}: {e}. Give a dotted path 'package.module.function'.") from e
+        raise ValueError(f"Cannot import the {what} {path!r}: {e}. Give a dotted path "
+                         "'package.module.function'.") from e
     if not callable(fn): raise TypeError(f"The {what} {path!r} is not callable.")
     return fn
 
 def _build_model(spec: dict, data: DataSplits):
-    "The model of an experiment: `factory(data, **options)`, or `build_model` with an encoder name."
+    """The model of an experiment: `factory(data, **options)`, or `build_model` with an
+    encoder name."""
     spec = dict(spec)
-    if "factory" in spec: return _resolve_callable(spec.pop("factory"), "model factory")(data, **spec)
+    if "factory" in spec:
+        return _resolve_callable(spec.pop("factory"), "model factory")(data, **spec)
     encoder = spec.pop("encoder", None)
-    if encoder is None: raise ValueError("An experiment's `model` needs an 'encoder' name or a 'factory'.")
+    if encoder is None:
+        raise ValueError("An experiment's `model` needs an 'encoder' name or a "
+                         "'factory'.")
     with_classifier = spec.pop("classifier", True)
-    return build_model(encoder, data.input_shape, data.num_classes if with_classifier else None, **spec)
+    return build_model(encoder, data.input_shape,
+                       data.num_classes if with_classifier else None, **spec)
 
 def run_experiment(experiment: str | Experiment, profile: str | None = None, seeds=None,
                    out_dir: str | None = "runs", # None: save nothing
                    device: str | None = None, progress: bool = True, resume: bool = False,
                    train_overrides: dict | None = None, # e.g. {"epochs": 3}
-                   download: bool = False, figures: bool = True, tsne: bool = False, verbose: bool = True,
+                   download: bool = False, figures: bool = True, tsne: bool = False,
+                   verbose: bool = True,
                   ) -> ExperimentResult:
-    "Run `experiment` in `profile` for each seed; return (and save under `out_dir`) metrics, histories, figures."
+    """Run `experiment` in `profile` for each seed; return (and save under `out_dir`)
+    metrics, histories, figures."""
     t_start = time.perf_counter()
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
     profile = profile or get_profile()
@@ -246,9 +320,12 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
     if device is not None: cfg["device"] = device
     cfg = TrainConfig.from_dict(cfg)  # fails early on a bad config
     if "factory" not in exp.model and "encoder" not in exp.model:
-        raise ValueError(f"Experiment {exp.name!r}: `model` needs an 'encoder' or a 'factory'.")
+        raise ValueError(f"Experiment {exp.name!r}: `model` needs an 'encoder' or a "
+                         "'factory'.")
     eval_kw = dict(exp.evaluation)
-    extras = [_resolve_callable(p, "evaluation function") for p in eval_kw.pop("extra", ())]
+    extras = [
+        _resolve_callable(p, "evaluation function") for p in eval_kw.pop("extra", ())
+    ]
     dkw = dict(exp.dataset_kwargs)
     if download and exp.dataset in TORCHVISION_DATASETS: dkw["download"] = True
     data = load_dataset(exp.dataset, seed=exp.split_seed, **dkw)
@@ -259,7 +336,8 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
         model = _build_model(exp.model, data)
         objective = build_objective(exp.objective, data, model.embedding_dim)
         seed_dir = os.path.join(run_dir, f"seed_{seed}") if run_dir else None
-        res = train(model, objective, data, cfg, seed=seed, out_dir=seed_dir, resume=resume)
+        res = train(model, objective, data, cfg, seed=seed, out_dir=seed_dir,
+                    resume=resume)
         m = evaluate(res.model, data, device=None, **eval_kw)
         m.update(best_epoch=res.best_epoch, epochs_run=len(res.history),
                  train_time_s=float(sum(r["time_s"] for r in res.history)))
@@ -267,26 +345,39 @@ def run_experiment(experiment: str | Experiment, profile: str | None = None, see
         metrics.append(m); histories.append(res.history)
         if emb is None: _, emb, lab = embed(res.model, data.test)
         if verbose:
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("top1", "knn1", "silhouette"))
+            shown = ", ".join(
+                f"{k}={v:.4f}"
+                for k, v in m.items()
+                if k in ("top1", "knn1", "silhouette")
+            )
             print(f"{exp.name} seed {seed}: {shown}")
-    result = ExperimentResult(exp, profile, metrics, histories, summarize(metrics), run_dir, emb, lab,
-                              environment_report(seeds, cfg.device), time.perf_counter() - t_start)
+    result = ExperimentResult(exp, profile, metrics, histories, summarize(metrics),
+                              run_dir, emb, lab,
+                              environment_report(seeds, cfg.device),
+                              time.perf_counter() - t_start)
     if run_dir: save_result(result, figures=figures, tsne=tsne)
     return result
 
-def save_result(result: ExperimentResult, figures: bool = True, tsne: bool = False) -> None:
-    "Write `results.json` (with histories), `summary.csv`, `embeddings.pt` and the plots into `result.out_dir`."
+def save_result(
+    result: ExperimentResult, figures: bool = True, tsne: bool = False
+) -> None:
+    """Write `results.json` (with histories), `summary.csv`, `embeddings.pt` and the plots
+    into `result.out_dir`."""
     d = result.out_dir; os.makedirs(d, exist_ok=True)
-    summary = {k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in result.summary.items()}
+    summary = {
+        k: {"mean": m, "std": s, "n": n} for k, (m, s, n) in result.summary.items()
+    }
     with open(os.path.join(d, "results.json"), "w") as f:
         json.dump({"experiment": result.experiment.to_dict(), "profile": result.profile,
-                   "environment": result.environment, "wall_s": result.wall_s, "metrics": result.metrics,
+                   "environment": result.environment, "wall_s": result.wall_s,
+                   "metrics": result.metrics,
                    "summary": summary, "histories": result.histories}, f, indent=1)
     with open(os.path.join(d, "summary.csv"), "w", newline="") as f:
         w = csv.writer(f); w.writerow(["metric", "mean", "std", "n"])
         for k, (m, s, n) in result.summary.items(): w.writerow([k, m, s, n])
     if result.embeddings is not None:
-        torch.save({"embeddings": result.embeddings, "labels": result.labels}, os.path.join(d, "embeddings.pt"))
+        torch.save({"embeddings": result.embeddings, "labels": result.labels},
+                   os.path.join(d, "embeddings.pt"))
     if not figures: return
     import matplotlib.pyplot as plt
     fig = plot_history(result.histories, title=result.experiment.name)
@@ -298,8 +389,10 @@ def save_result(result: ExperimentResult, figures: bool = True, tsne: bool = Fal
         fig.savefig(os.path.join(d, f"embeddings_{method}.png"), dpi=120); plt.close(fig)
 
 # %% ../nbs/24_experiments.ipynb #dd098501
-def plot_history(histories: list, keys=("train_total", "val_acc"), title: str | None = None):
-    "Curves of `keys` over epochs: the mean over seeds, with a min-max band. Returns the figure."
+def plot_history(histories: list, keys=("train_total", "val_acc"),
+                 title: str | None = None):
+    """Curves of `keys` over epochs: the mean over seeds, with a min-max band. Returns the
+    figure."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -315,7 +408,9 @@ def plot_history(histories: list, keys=("train_total", "val_acc"), title: str | 
     fig.tight_layout()
     return fig
 
-def project_2d(embeddings: torch.Tensor, method: str = "pca", seed: int = 0) -> np.ndarray:
+def project_2d(
+    embeddings: torch.Tensor, method: str = "pca", seed: int = 0
+) -> np.ndarray:
     "2-D coordinates of `embeddings` by PCA or t-SNE (scikit-learn)."
     x = torch.as_tensor(embeddings).float().numpy()
     if method == "pca":
@@ -323,41 +418,54 @@ def project_2d(embeddings: torch.Tensor, method: str = "pca", seed: int = 0) -> 
         return PCA(2, random_state=seed).fit_transform(x)
     if method == "tsne":
         from sklearn.manifold import TSNE
-        return TSNE(2, init="pca", perplexity=min(30.0, (len(x) - 1) / 3), random_state=seed).fit_transform(x)
+
+        return TSNE(
+            2, init="pca", perplexity=min(30.0, (len(x) - 1) / 3), random_state=seed
+        ).fit_transform(x)
     raise ValueError(f"`method` must be 'pca' or 'tsne'; got {method!r}.")
 
-def plot_embeddings(embeddings, labels, method: str = "pca", ax=None, title: str | None = None, seed: int = 0):
-    "Scatter plot of `embeddings` in 2-D (`project_2d`), coloured by `labels`. Returns the axes."
+def plot_embeddings(embeddings, labels, method: str = "pca", ax=None,
+                    title: str | None = None, seed: int = 0):
+    """Scatter plot of `embeddings` in 2-D (`project_2d`), coloured by `labels`. Returns
+    the axes."""
     import matplotlib.pyplot as plt
     xy = project_2d(embeddings, method, seed)
     labels = np.asarray(labels)
     ax = ax or plt.subplots(figsize=(4.5, 4))[1]
-    ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20", s=6)
+    ax.scatter(xy[:, 0], xy[:, 1], c=labels,
+               cmap="tab10" if labels.max() < 10 else "tab20", s=6)
     for c in np.unique(labels):
         cx, cy = np.median(xy[labels == c], 0)
         ax.text(cx, cy, str(c), fontsize=10, weight="bold", ha="center", va="center")
     ax.set_xticks([]); ax.set_yticks([]); ax.set_title(title or method.upper())
     return ax
 
-def plot_results(results: dict, metrics=("top1", "knn1", "svc", "recall@1", "silhouette"), ax=None):
-    "Grouped bars: one group per metric, one bar per result (`{label: ExperimentResult}`), mean ± std over seeds."
+def plot_results(results: dict, metrics=("top1", "knn1", "svc", "recall@1", "silhouette"),
+                 ax=None):
+    """Grouped bars: one group per metric, one bar per result (`{label:
+    ExperimentResult}`), mean ± std over seeds."""
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(1.4 * len(metrics) + 2, 3.2))[1]
     w = 0.8 / max(len(results), 1)
     for i, (label, r) in enumerate(results.items()):
         ms = [m for m in metrics if m in r.summary]
         xs = np.array([metrics.index(m) for m in ms]) + (i - (len(results) - 1) / 2) * w
-        ax.bar(xs, [r.summary[m][0] for m in ms], w, yerr=[r.summary[m][1] for m in ms], capsize=3, label=label)
-    ax.set_xticks(range(len(metrics)), metrics); ax.set_ylim(0, 1.05); ax.legend(fontsize=8); ax.grid(axis="y", alpha=0.3)
+        ax.bar(xs, [r.summary[m][0] for m in ms], w, yerr=[r.summary[m][1] for m in ms],
+               capsize=3, label=label)
+    ax.set_xticks(range(len(metrics)), metrics); ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8); ax.grid(axis="y", alpha=0.3)
     return ax
 
 # %% ../nbs/24_experiments.ipynb #38529b51
 def default_runs_dir() -> str:
-    "`$STRUCTLOSS_RUNS`, else `runs/` in the enclosing structloss repository (found from the cwd), else `./runs`."
+    """`$STRUCTLOSS_RUNS`, else `runs/` in the enclosing structloss repository (found from
+    the cwd), else `./runs`."""
     if os.environ.get("STRUCTLOSS_RUNS"): return os.environ["STRUCTLOSS_RUNS"]
     here = os.path.abspath(os.getcwd())
     while True:
-        if os.path.isdir(os.path.join(here, "nbs")) and os.path.isfile(os.path.join(here, "pyproject.toml")):
+        if os.path.isdir(os.path.join(here, "nbs")) and os.path.isfile(
+            os.path.join(here, "pyproject.toml")
+        ):
             return os.path.join(here, "runs")
         parent = os.path.dirname(here)
         if parent == here: return os.path.abspath("runs")
@@ -369,7 +477,8 @@ def _experiment_from_dict(d: dict) -> Experiment:
 
 def load_result(experiment: str | Experiment, profile: str | None = None,
                 out_dir: str | None = None) -> ExperimentResult:
-    "The stored result of `experiment` in `profile`, read from `out_dir/<name>/<profile>/results.json`."
+    """The stored result of `experiment` in `profile`, read from
+    `out_dir/<name>/<profile>/results.json`."""
     name = experiment.name if isinstance(experiment, Experiment) else experiment
     profile = profile or get_profile()
     run_dir = os.path.join(out_dir or default_runs_dir(), name, profile)
@@ -383,18 +492,26 @@ def load_result(experiment: str | Experiment, profile: str | None = None,
     if os.path.exists(os.path.join(run_dir, "embeddings.pt")):
         e = torch.load(os.path.join(run_dir, "embeddings.pt"), weights_only=True)
         emb, lab = e["embeddings"], e["labels"]
-    return ExperimentResult(_experiment_from_dict(r["experiment"]), r["profile"], r["metrics"],
-                            r.get("histories", []), summary, run_dir, emb, lab, r.get("environment", {}),
+    return ExperimentResult(_experiment_from_dict(r["experiment"]), r["profile"],
+                            r["metrics"],
+                            r.get("histories", []), summary, run_dir, emb, lab,
+                            r.get("environment", {}),
                             r.get("wall_s"))
 
 def _same_experiment(stored: ExperimentResult, exp: Experiment) -> bool:
-    return stored.experiment.to_dict() == exp.to_dict() and len(stored.histories) == len(exp.seeds)
+    return stored.experiment.to_dict() == exp.to_dict() and len(stored.histories) == len(
+        exp.seeds
+    )
 
-def run_or_load(experiment: str | Experiment, profile: str | None = None, out_dir: str | None = None,
-                rerun: bool = False, # run even when stored results match
-                **kwargs, # passed to `run_experiment` (not `seeds`: the experiment's seeds are part of it)
-               ) -> ExperimentResult:
-    "The stored result of `experiment` if it was written for the same resolved experiment, else a fresh run."
+def run_or_load(
+    experiment: str | Experiment,
+    profile: str | None = None,
+    out_dir: str | None = None,
+    rerun: bool = False,  # run even when stored results match
+    **kwargs,  # to `run_experiment` (not `seeds`: the experiment holds its seeds)
+) -> ExperimentResult:
+    """The stored result of `experiment` if it was written for the same resolved
+    experiment, else a fresh run."""
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
     profile = profile or get_profile()
     out_dir = out_dir or default_runs_dir()
@@ -407,74 +524,166 @@ def run_or_load(experiment: str | Experiment, profile: str | None = None, out_di
     kwargs.setdefault("progress", False)
     return run_experiment(exp, profile=profile, out_dir=out_dir, **kwargs)
 
-def run_suite(suite: str, profile: str | None = None, out_dir: str | None = None, rerun: bool = False,
+def run_suite(suite: str, profile: str | None = None, out_dir: str | None = None,
+              rerun: bool = False,
               **kwargs) -> dict:
     "`{name: ExperimentResult}` for every member of `suite` (`run_or_load` each)."
-    return {name: run_or_load(name, profile, out_dir, rerun, **kwargs) for name in get_suite(suite)}
+    return {
+        name: run_or_load(name, profile, out_dir, rerun, **kwargs)
+        for name in get_suite(suite)
+    }
 
 def glue(name: str, value, display: bool = False):
-    "Store `value` under `name` for the book's prose (MyST-NB's `glue` role); returns `value`."
+    """Store `value` under `name` for the book's prose (MyST-NB's `glue` role); returns
+    `value`."""
     try: from myst_nb import glue as _glue
     except ImportError: return value
     _glue(name, value, display=display)
     return value
 
 # %% ../nbs/24_experiments.ipynb #53b05038
-_BASELINES = [Experiment(
-    "ce_digits", "digits", objective={},
-    model={"encoder": "digits_cnn", "embedding_dim": 64},
-    train={"epochs": 15, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "diagnostics": True},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"train": {"epochs": 2, "diagnostics": False}, "seeds": (0,)},
-              "colab": {"train": {"epochs": 40}, "seeds": (0, 1, 2, 3, 4)}},
-    description="Cross-entropy baseline on scikit-learn digits (8x8) with a small CNN."),
-Experiment(
-    "ce_mnist1d", "mnist1d", objective={}, dataset_kwargs={"num_samples": 10_000},
-    model={"encoder": "mnist1d_cnn", "embedding_dim": 64},
-    train={"epochs": 15, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4, "diagnostics": True},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"dataset_kwargs": {"num_samples": 2000}, "train": {"epochs": 3, "diagnostics": False}, "seeds": (0,)},
-              "colab": {"dataset_kwargs": {"num_samples": 40_000}, "train": {"epochs": 40}, "seeds": (0, 1, 2, 3, 4)}},
-    description="Cross-entropy baseline on MNIST-1D (10,000 generated samples) with a 1-D CNN."),
-Experiment(
-    "ce_cifar10", "cifar10", objective={},
-    model={"encoder": "preact_resnet18", "embedding_dim": 128},
-    train={"epochs": 100, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "num_workers": 4},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"dataset": "fake", "dataset_kwargs": {"num_samples": 64, "size": 32},
-                        "model": {"encoder": "digits_cnn", "encoder_kwargs": {"width": 8}, "embedding_dim": 16},
-                        "train": {"epochs": 1, "batch_size": 16, "lr": 0.01, "num_workers": 0}, "seeds": (0,)},
-              "cpu": None},
-    description="Cross-entropy on CIFAR-10 with pre-activation ResNet-18 (GPU)."),
-Experiment(
-    "supcon2_digits", "digits", dataset_kwargs={"augment": True},
-    objective={"terms": {"supcon": {"loss": "SupConLoss", "kwargs": {"temperature": 0.1}, "weight": 1.0}}, "views": 2},
-    model={"encoder": "digits_cnn", "embedding_dim": 64},
-    train={"epochs": 15, "sampler": {"m": 4, "p": 10}, "views": 2, "lr": 3e-3, "weight_decay": 1e-4},
-    seeds=(0, 1, 2),
-    profiles={"smoke": {"train": {"epochs": 1}, "seeds": (0,)}},
-    description="CE + two-view supervised contrastive loss (SupCon2) on digits, class-balanced batches.")]
+_BASELINES = [
+    Experiment(
+        "ce_digits",
+        "digits",
+        objective={},
+        model={"encoder": "digits_cnn", "embedding_dim": 64},
+        train={
+            "epochs": 15,
+            "batch_size": 64,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "diagnostics": True,
+        },
+        seeds=(0, 1, 2),
+        profiles={
+            "smoke": {"train": {"epochs": 2, "diagnostics": False}, "seeds": (0,)},
+            "colab": {"train": {"epochs": 40}, "seeds": (0, 1, 2, 3, 4)},
+        },
+        description="Cross-entropy baseline on scikit-learn digits (8x8) with a small "
+                    "CNN.",
+    ),
+    Experiment(
+        "ce_mnist1d",
+        "mnist1d",
+        objective={},
+        dataset_kwargs={"num_samples": 10_000},
+        model={"encoder": "mnist1d_cnn", "embedding_dim": 64},
+        train={
+            "epochs": 15,
+            "batch_size": 128,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "diagnostics": True,
+        },
+        seeds=(0, 1, 2),
+        profiles={
+            "smoke": {
+                "dataset_kwargs": {"num_samples": 2000},
+                "train": {"epochs": 3, "diagnostics": False},
+                "seeds": (0,),
+            },
+            "colab": {
+                "dataset_kwargs": {"num_samples": 40_000},
+                "train": {"epochs": 40},
+                "seeds": (0, 1, 2, 3, 4),
+            },
+        },
+        description="Cross-entropy baseline on MNIST-1D (10,000 generated samples) with "
+                    "a "
+        "1-D CNN.",
+    ),
+    Experiment(
+        "ce_cifar10",
+        "cifar10",
+        objective={},
+        model={"encoder": "preact_resnet18", "embedding_dim": 128},
+        train={
+            "epochs": 100,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "weight_decay": 5e-4,
+            "num_workers": 4,
+        },
+        seeds=(0, 1, 2),
+        profiles={
+            "smoke": {
+                "dataset": "fake",
+                "dataset_kwargs": {"num_samples": 64, "size": 32},
+                "model": {
+                    "encoder": "digits_cnn",
+                    "encoder_kwargs": {"width": 8},
+                    "embedding_dim": 16,
+                },
+                "train": {"epochs": 1, "batch_size": 16, "lr": 0.01, "num_workers": 0},
+                "seeds": (0,),
+            },
+            "cpu": None,
+        },
+        description="Cross-entropy on CIFAR-10 with pre-activation ResNet-18 (GPU).",
+    ),
+    Experiment(
+        "supcon2_digits",
+        "digits",
+        dataset_kwargs={"augment": True},
+        objective={
+            "terms": {
+                "supcon": {
+                    "loss": "SupConLoss",
+                    "kwargs": {"temperature": 0.1},
+                    "weight": 1.0,
+                }
+            },
+            "views": 2,
+        },
+        model={"encoder": "digits_cnn", "embedding_dim": 64},
+        train={
+            "epochs": 15,
+            "sampler": {"m": 4, "p": 10},
+            "views": 2,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+        },
+        seeds=(0, 1, 2),
+        profiles={"smoke": {"train": {"epochs": 1}, "seeds": (0,)}},
+        description="CE + two-view supervised contrastive loss (SupCon2) on digits, "
+                    "class-balanced batches.",
+    ),
+]
 for _e in _BASELINES: register_experiment(_e)
 
 # %% ../nbs/24_experiments.ipynb #8faa308b
 def _parser():
-    p = argparse.ArgumentParser(prog="structloss", description="Run structloss experiments.")
+    p = argparse.ArgumentParser(prog="structloss",
+                                description="Run structloss experiments.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run an experiment or a suite and print its results (mean ± std over seeds)")
+    r = sub.add_parser("run",
+                       help="run an experiment or a suite and print its results (mean ± "
+                            "std over seeds)")
     r.add_argument("experiment", help="an experiment or a suite name (`structloss list`)")
-    r.add_argument("--profile", choices=PROFILES, default=None, help="default: $STRUCTLOSS_PROFILE or cpu")
+    r.add_argument("--profile", choices=PROFILES, default=None,
+                   help="default: $STRUCTLOSS_PROFILE or cpu")
     r.add_argument("--seeds", type=int, nargs="+", default=None)
-    r.add_argument("--out", default=None, help="results directory (default: runs/ at the repository root)")
-    r.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    r.add_argument("--epochs", type=int, default=None, help="override the profile's number of epochs")
-    r.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    r.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-    r.add_argument("--tsne", action="store_true", help="also save a t-SNE plot of the test embeddings")
+    r.add_argument("--out", default=None,
+                   help="results directory (default: runs/ at the repository root)")
+    r.add_argument("--device", default=None,
+                   help="cuda, mps or cpu (default: the best available)")
+    r.add_argument("--epochs", type=int, default=None,
+                   help="override the profile's number of epochs")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in --out")
+    r.add_argument("--download", action="store_true",
+                   help="let torchvision download the dataset")
+    r.add_argument("--tsne", action="store_true",
+                   help="also save a t-SNE plot of the test embeddings")
     r.add_argument("--no-figures", action="store_true")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on a busy machine)")
     sub.add_parser("list", help="list the registered experiments and suites")
-    try: from .bench import add_cli          # `structloss bench` (chapter 40), when the module exists
+    # `structloss bench` (chapter 40), when the module exists
+    try: from .bench import add_cli
     except ImportError: add_cli = None
     if add_cli is not None: add_cli(sub)
     return p
@@ -491,7 +700,8 @@ def _list() -> None:
         print(f"{name:<32} {len(s['members']):>3} experiments  {s['description']}")
 
 def main(argv=None) -> int:
-    "The `structloss` command: `structloss run <experiment|suite> [--profile smoke|cpu|colab] ...`, `structloss list`."
+    """The `structloss` command: `structloss run <experiment|suite> [--profile
+    smoke|cpu|colab] ...`, `structloss list`."""
     args = _parser().parse_args(argv)
     if args.command == "list": _list(); return 0
     if args.command == "bench":
@@ -502,16 +712,29 @@ def main(argv=None) -> int:
     try:
         t0 = time.perf_counter()
         if args.experiment not in EXPERIMENTS: _import_all()
-        names = get_suite(args.experiment) if args.experiment in SUITES else [args.experiment]
+        names = (
+            get_suite(args.experiment) if args.experiment in SUITES else [args.experiment]
+        )
         for name in names:
-            res = run_experiment(name, profile=args.profile, seeds=args.seeds, out_dir=out,
-                                 device=args.device, progress=not args.no_progress, resume=args.resume,
-                                 train_overrides={"epochs": args.epochs} if args.epochs else None,
-                                 download=args.download, figures=not args.no_figures, tsne=args.tsne)
+            res = run_experiment(
+                name,
+                profile=args.profile,
+                seeds=args.seeds,
+                out_dir=out,
+                device=args.device,
+                progress=not args.no_progress,
+                resume=args.resume,
+                train_overrides={"epochs": args.epochs} if args.epochs else None,
+                download=args.download,
+                figures=not args.no_figures,
+                tsne=args.tsne,
+            )
             print(res.table())
             print(f"saved to {res.out_dir} ({res.wall_s:.0f} s)")
     except (ValueError, TypeError, RuntimeError) as e:
         print(f"structloss: error: {e}", file=sys.stderr)
         return 2
-    if len(names) > 1: print(f"suite {args.experiment}: {len(names)} experiments in {time.perf_counter() - t0:.0f} s")
+    if len(names) > 1:
+        print(f"suite {args.experiment}: {len(names)} experiments in "
+              f"{time.perf_counter() - t0:.0f} s")
     return 0

@@ -27,63 +27,80 @@ def check_metric(metric: str) -> str:
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     "`sqrt(x)` for `x >= 0` whose gradient at 0 is 0 rather than inf."
     positive = x > 0
-    return torch.where(positive, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), torch.zeros_like(x))
+    return torch.where(positive, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(),
+                       torch.zeros_like(x))
 
 # %% ../nbs/01_geometry.ipynb #65a90b9f
 def safe_normalize(x: torch.Tensor) -> torch.Tensor:
     "Rows of `x` scaled to unit norm; a zero row stays zero, with a zero gradient."
-    norm = safe_sqrt((x * x).sum(1, keepdim=True))
-    return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    norm = safe_sqrt((x * x).sum(1, keepdim=True))                     # (N, 1)
+    return x / torch.where(norm > 0, norm, torch.inf)           # x / inf = 0: a zero row
 
 # %% ../nbs/01_geometry.ipynb #b0da3211
 def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    "`1 - cos(x_i, y_j)` for all pairs, `[N, M]`; zero vectors have cosine 0 with everything."
+    """`1 - cos(x_i, y_j)` for all pairs, `[N, M]`; zero vectors have cosine 0 with
+    everything."""
     x_hat = safe_normalize(x)
     y_hat = x_hat if y is None else safe_normalize(y)
     return 1 - x_hat @ y_hat.T
 
-def squared_euclidean_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+def squared_euclidean_distances(
+    x: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
     "`||x_i - y_j||^2` for all pairs, `[N, M]`, clamped at 0 against rounding."
-    shift = x.mean(0, keepdim=True).round()           # distances ignore a common shift; an integer one keeps ties exact
+    # distances ignore a common shift; an integer one keeps ties exact
+    shift = x.mean(0, keepdim=True).round()
     x, y = x - shift, (x if y is None else y) - shift
     x_sq, y_sq = (x * x).sum(1), (y * y).sum(1)
     return (x_sq[:, None] + y_sq[None, :] - 2 * x @ y.T).clamp_min(0)
 
 def euclidean_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    "`||x_i - y_j||` for all pairs, `[N, M]`, with a zero gradient where the distance is 0."
+    """`||x_i - y_j||` for all pairs, `[N, M]`, with a zero gradient where the distance is
+    0."""
     return safe_sqrt(squared_euclidean_distances(x, y))
 
 # %% ../nbs/01_geometry.ipynb #f9c50b26
-_DISTANCES = {"cosine": cosine_distances, "sqeuclidean": squared_euclidean_distances, "euclidean": euclidean_distances}
+_DISTANCES = {"cosine": cosine_distances, "sqeuclidean": squared_euclidean_distances,
+              "euclidean": euclidean_distances}
 
-def pairwise_distances(x: torch.Tensor, y: torch.Tensor | None = None, metric: str = "cosine") -> torch.Tensor:
-    "Distance matrix `[N, M]` between rows of `x` and rows of `y` (default `x`), computed in >= float32."
+def pairwise_distances(
+    x: torch.Tensor, y: torch.Tensor | None = None, metric: str = "cosine"
+) -> torch.Tensor:
+    """Distance matrix `[N, M]` between rows of `x` and rows of `y` (default `x`),
+    computed in >= float32."""
     check_metric(metric)
     check_embeddings(x, "x")
     if y is not None:
         check_embeddings(y, "y")
         if y.shape[1] != x.shape[1]:
-            raise ValueError(f"`x` and `y` must have the same dimension d; got {x.shape[1]} and {y.shape[1]}.")
+            raise ValueError("`x` and `y` must have the same dimension d; got "
+                             f"{x.shape[1]} and {y.shape[1]}.")
     dtype = compute_dtype(x)
     d = _DISTANCES[metric](x.to(dtype), None if y is None else y.to(dtype))
-    if y is None: d = d.masked_fill(torch.eye(len(d), dtype=torch.bool, device=d.device), 0)
+    if y is None:
+        d = d.masked_fill(torch.eye(len(d), dtype=torch.bool, device=d.device), 0)
     return d.to(x.dtype)
 
 # %% ../nbs/01_geometry.ipynb #beedc8db
 def label_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
                 self_in_ref: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    "Boolean masks of positive pairs (same label, not the anchor itself) and negative pairs (eq. 2)."
+    """Boolean masks of positive pairs (same label, not the anchor itself) and negative
+    pairs (eq. 2)."""
     check_labels(labels)
-    if ref_labels is None: ref_labels, self_in_ref = labels, True   # [N, N]: the batch is its own reference
+    # [N, N]: the batch is its own reference
+    if ref_labels is None: ref_labels, self_in_ref = labels, True
     same = labels[:, None] == ref_labels[None, :]                     # [N, M]
     if not self_in_ref: return same, ~same
     n = len(labels)
-    itself = torch.eye(n, ref_labels.shape[0], dtype=torch.bool, device=labels.device)  # j == i, j < N
+    # j == i, j < N
+    itself = torch.eye(n, ref_labels.shape[0], dtype=torch.bool, device=labels.device)
     return same & ~itself, ~same
 
 # %% ../nbs/01_geometry.ipynb #62501767
-def class_index(labels: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, int]:
-    "Compact class ids in `[0, C)` for `labels`, and `C`; with `num_classes`, labels are used as ids directly."
+def class_index(labels: torch.Tensor,
+                num_classes: int | None = None) -> tuple[torch.Tensor, int]:
+    """Compact class ids in `[0, C)` for `labels`, and `C`; with `num_classes`, labels are
+    used as ids directly."""
     check_labels(labels)
     if num_classes is None:
         classes, ids = torch.unique(labels, return_inverse=True)
@@ -91,15 +108,19 @@ def class_index(labels: torch.Tensor, num_classes: int | None = None) -> tuple[t
     check_class_ids(labels, num_classes, "class_index")   # reads values on CPU only
     return labels.long(), num_classes
 
-def class_counts(ids: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
+def class_counts(ids: torch.Tensor, num_classes: int,
+                 dtype=torch.float32) -> torch.Tensor:
     "`n_c`: how many samples of each class, `[C]` (eq. 3)."
-    return torch.zeros(num_classes, dtype=dtype, device=ids.device).index_add_(0, ids, torch.ones_like(ids, dtype=dtype))
+    counts = torch.zeros(num_classes, dtype=dtype, device=ids.device)
+    return counts.index_add_(0, ids, torch.ones_like(ids, dtype=dtype))
 
 def class_sums(x: torch.Tensor, ids: torch.Tensor, num_classes: int) -> torch.Tensor:
     "`S_c`: the sum of the rows of `x` in each class, `[C, d]` (eq. 3)."
-    return torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add(0, ids, x)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device)
+    return sums.index_add(0, ids, x)
 
 def class_means(x: torch.Tensor, ids: torch.Tensor, num_classes: int) -> torch.Tensor:
-    "`mu_c = S_c / n_c`, `[C, d]`; a class absent from the batch gets the zero vector (eq. 3)."
+    """`mu_c = S_c / n_c`, `[C, d]`; a class absent from the batch gets the zero vector
+    (eq. 3)."""
     counts = class_counts(ids, num_classes, dtype=x.dtype)
     return class_sums(x, ids, num_classes) / counts.clamp_min(1)[:, None]

@@ -22,7 +22,8 @@ __all__ = ['GRAPH_PAPER', 'TUNE_LRS', 'TUNE_EPOCHS', 'TUNE_GRID', 'SELECTED_LR',
 
 # %% ../nbs/31_graph_paper.ipynb #04126e77
 class BottleneckModel(nn.Module):
-    "Encoder, linear layer to `dim`, batch norm (the output); with `num_classes`, a classifier."
+    """Encoder, linear layer to `dim`, batch norm (the output); with `num_classes`, a
+    classifier."""
     def __init__(self, encoder: nn.Module, feature_dim: int, dim: int = 2,
                  num_classes: int | None = None):
         super().__init__()
@@ -34,21 +35,28 @@ class BottleneckModel(nn.Module):
         z = self.bottleneck(self.encoder(x))                                  # (N, dim)
         return (None if self.classifier is None else self.classifier(z)), z
 
-def bottleneck_model(data: DataSplits, encoder: str, dim: int = 2, classifier: bool = True,
+def bottleneck_model(data: DataSplits, encoder: str, dim: int = 2,
+                     classifier: bool = True,
                      encoder_kwargs: dict | None = None) -> BottleneckModel:
-    "Figure 1's model factory: `model={'factory': 'structloss.graph_paper.bottleneck_model'}`."
+    """Figure 1's model factory: `model={'factory':
+    'structloss.graph_paper.bottleneck_model'}`."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"`dim` must be a positive int (the output dimension d); got {dim!r}.")
-    enc, feature_dim = build_encoder(encoder, tuple(data.input_shape), **(encoder_kwargs or {}))
-    return BottleneckModel(enc, feature_dim, dim, data.num_classes if classifier else None)
+        raise ValueError("`dim` must be a positive int (the output dimension d); got "
+                         f"{dim!r}.")
+    enc, feature_dim = build_encoder(encoder, tuple(data.input_shape),
+                                     **(encoder_kwargs or {}))
+    return BottleneckModel(enc, feature_dim, dim,
+                           data.num_classes if classifier else None)
 
 # %% ../nbs/31_graph_paper.ipynb #b5d128a4
 def embedding_shape_metrics(model: nn.Module, data: DataSplits, seed: int = 0) -> dict:
-    "Silhouettes of the test outputs (`sil_euclid`) and of their directions (`sil_angle`)."
+    """Silhouettes of the test outputs (`sil_euclid`) and of their directions
+    (`sil_angle`)."""
     from structloss.metrics import silhouette_score
     from structloss.train import embed
     _, z, y = embed(model, data.test)
-    zc = z - z.mean(0)                                    # directions seen from the centre
+    # directions seen from the centre
+    zc = z - z.mean(0)
     return {"sil_euclid": float(silhouette_score(z, y, metric="euclidean")),
             "sil_angle": float(silhouette_score(zc, y, metric="cosine"))}
 
@@ -58,62 +66,91 @@ _SHAPE = {"extra": ["structloss.graph_paper.embedding_shape_metrics"]}
 _SEEDS5, _SEEDS3 = (0, 1, 2, 3, 4), (0, 1, 2)
 _SEEDS10 = tuple(range(10))
 
-def graph_objective(k: int | None = None, alpha: float = 2.0, normalize: bool = True) -> dict:
-    "Objective spec: the graph smoothness loss alone (no cross-entropy), Definition 1 of the paper."
+def graph_objective(
+    k: int | None = None, alpha: float = 2.0, normalize: bool = True
+) -> dict:
+    """Objective spec: the graph smoothness loss alone (no cross-entropy), Definition 1 of
+    the paper."""
     kwargs = {"k": k, "alpha": alpha, "normalize_embeddings": normalize}
-    return {"terms": {"graph": {"loss": "GraphSmoothnessLoss", "kwargs": kwargs}}, "ce_weight": 0.0}
+    return {"terms": {"graph": {"loss": "GraphSmoothnessLoss", "kwargs": kwargs}},
+            "ce_weight": 0.0}
 
 def _graph_model(d: int) -> dict:
-    "The network with its last linear layer giving `d` outputs, L2-normalised (Section 4.1)."
-    return {"classifier": False, "projection": "linear", "embedding_dim": d, "normalize": True}
+    """The network with its last linear layer giving `d` outputs, L2-normalised (Section
+    4.1)."""
+    return {"classifier": False, "projection": "linear", "embedding_dim": d,
+            "normalize": True}
 
-_CE_MODEL = {"projection": None, "classifier_on": "features"}   # last linear layer: C logits
+# last linear layer: C logits
+_CE_MODEL = {"projection": None, "classifier_on": "features"}
 
 def _gsl(base: Experiment, name: str, d: int = 10, k=None, alpha: float = 2.0, **over):
-    "The graph smoothness version of `base`: same data, network body and training numbers."
+    """The graph smoothness version of `base`: same data, network body and training
+    numbers."""
     return base.derive(name, objective=graph_objective(k, alpha), model=_graph_model(d),
                        description=f"Graph smoothness loss, d={d}, k={k or 'max'}, "
-                                   f"alpha={alpha:g}.",
-                       **over)
+                                   f"alpha={alpha:g}.", **over)
 
 _mnist = Experiment(
     "gsp_ce_mnist1d", "mnist1d", objective={}, dataset_kwargs={"num_samples": 4000},
     model={"encoder": "mnist1d_cnn", **_CE_MODEL},
-    train={"epochs": 10, "batch_size": 100, "lr": 3e-3, "weight_decay": 1e-4}, seeds=_SEEDS5,
+    train={"epochs": 10, "batch_size": 100, "lr": 3e-3, "weight_decay": 1e-4},
+    seeds=_SEEDS5,
     profiles={"smoke": {"dataset_kwargs": {"num_samples": 600}, "train": {"epochs": 1},
                         "seeds": (0,)},
-              "colab": {"dataset_kwargs": {"num_samples": 40_000}, "train": {"epochs": 60},
+              "colab": {"dataset_kwargs": {"num_samples": 40_000},
+                        "train": {"epochs": 60},
                         "seeds": _SEEDS10}},
     description="Cross-entropy, argmax of the last layer (MNIST-1D, 1-D CNN).")
 _digits = Experiment(
     "gsp_ce_digits", "digits", objective={}, model={"encoder": "digits_cnn", **_CE_MODEL},
-    train={"epochs": 8, "batch_size": 100, "lr": 3e-3, "weight_decay": 1e-4}, seeds=_SEEDS5,
+    train={"epochs": 8, "batch_size": 100, "lr": 3e-3, "weight_decay": 1e-4},
+    seeds=_SEEDS5,
     profiles={"smoke": {"train": {"epochs": 1}, "seeds": (0,)},
               "colab": {"train": {"epochs": 40}, "seeds": _SEEDS10}},
     description="Cross-entropy, argmax of the last layer (digits 8x8, small CNN).")
 
-def _bottleneck(name: str, classifier: bool, objective: dict, description: str) -> Experiment:
-    "Figure 1: the digits network ending in a 2-d linear layer and batch norm (`bottleneck_model`)."
-    model = {"factory": "structloss.graph_paper.bottleneck_model", "encoder": "digits_cnn",
+def _bottleneck(
+    name: str, classifier: bool, objective: dict, description: str
+) -> Experiment:
+    """Figure 1: the digits network ending in a 2-d linear layer and batch norm
+    (`bottleneck_model`)."""
+    model = {"factory": "structloss.graph_paper.bottleneck_model",
+             "encoder": "digits_cnn",
              "dim": 2, "classifier": classifier}
-    return Experiment(name, "digits", objective=objective, model=model, train=_digits.train,
+    return Experiment(name, "digits", objective=objective, model=model,
+                      train=_digits.train,
                       seeds=_SEEDS3, evaluation=_SHAPE, profiles=_digits.profiles,
                       description=description)
 
 GRAPH_PAPER = [
-    _mnist.derive("gsp_ce_mnist1d", evaluation=_CORRUPT), _digits,
-    _gsl(_mnist, "gsp_gsl_mnist1d"), _gsl(_digits, "gsp_gsl_digits"),
+    _mnist.derive("gsp_ce_mnist1d", evaluation=_CORRUPT),
+    _digits,
+    _gsl(_mnist, "gsp_gsl_mnist1d"),
+    _gsl(_digits, "gsp_gsl_digits"),
     *[_gsl(_mnist, f"gsp_gsl_mnist1d_k{k}", k=k, seeds=_SEEDS3) for k in (1, 3, 10, 30)],
     *[_gsl(_mnist, f"gsp_gsl_mnist1d_d{d}", d=d, seeds=_SEEDS3) for d in (2, 4, 32)],
     _gsl(_mnist, "gsp_gsl_mnist1d_d200", d=200, evaluation=_CORRUPT),
-    *[_gsl(_mnist, f"gsp_gsl_mnist1d_a{a:g}", alpha=a, seeds=_SEEDS3) for a in (0.5, 8.0, 32.0)],
-    _bottleneck("gsp_ce_bottleneck_digits", True, {},
-                "Figure 1: cross-entropy behind a 2-d batch-norm bottleneck."),
-    _bottleneck("gsp_gsl_bottleneck_digits", False, graph_objective(normalize=False),
-                "Figure 1: graph smoothness loss on 2-d batch-normalised outputs."),
+    *[
+        _gsl(_mnist, f"gsp_gsl_mnist1d_a{a:g}", alpha=a, seeds=_SEEDS3)
+        for a in (0.5, 8.0, 32.0)
+    ],
+    _bottleneck(
+        "gsp_ce_bottleneck_digits",
+        True,
+        {},
+        "Figure 1: cross-entropy behind a 2-d batch-norm bottleneck.",
+    ),
+    _bottleneck(
+        "gsp_gsl_bottleneck_digits",
+        False,
+        graph_objective(normalize=False),
+        "Figure 1: graph smoothness loss on 2-d batch-normalised outputs.",
+    ),
 ]
 
-# the paper's own settings (Section 4.1), on a GPU: PreActResNet-18, 200 epochs, batches of 100
+# the paper's own settings (Section 4.1), on a GPU: PreActResNet-18, 200 epochs, batches
+# of 100
 _FAKE_SMOKE = {"dataset": "fake", "dataset_kwargs": {"num_samples": 64, "size": 32},
                "model": {"encoder": "digits_cnn", "encoder_kwargs": {"width": 8}},
                "train": {"epochs": 1, "batch_size": 16, "lr": 0.01, "num_workers": 0},
@@ -122,19 +159,23 @@ _PAPER_CE = {}
 for _ds, (_C, _opt, _lr) in {"cifar10": (10, "sgd", 0.1), "cifar100": (100, "adam", 1e-3),
                              "svhn": (10, "sgd", 0.1)}.items():
     _PAPER_CE[_ds] = Experiment(
-        f"gsp_ce_{_ds}", _ds, objective={}, model={"encoder": "preact_resnet18", **_CE_MODEL},
+        f"gsp_ce_{_ds}", _ds, objective={},
+        model={"encoder": "preact_resnet18", **_CE_MODEL},
         train={"epochs": 200, "batch_size": 100, "optimizer": _opt, "lr": _lr,
                "weight_decay": 1e-4, "num_workers": 4},
         seeds=_SEEDS3, evaluation=_CORRUPT if _ds == "cifar10" else {},
         profiles={"cpu": None, "smoke": _FAKE_SMOKE},
-        description=f"Cross-entropy on {_ds} with PreActResNet-18 (the paper's baseline).")
+        description=f"Cross-entropy on {_ds} with PreActResNet-18 (the paper's "
+                    "baseline).")
     GRAPH_PAPER += [_PAPER_CE[_ds], _gsl(_PAPER_CE[_ds], f"gsp_gsl_{_ds}", d=_C)]
 GRAPH_PAPER.append(_gsl(_PAPER_CE["cifar10"], "gsp_gsl_cifar10_d200", d=200))
 
-# equal tuning budget for Table 1 on MNIST-1D: four learning rates x 30 epochs for both losses
+# equal tuning budget for Table 1 on MNIST-1D: four learning rates x 30 epochs for both
+# losses
 TUNE_LRS, TUNE_EPOCHS = (3e-4, 1e-3, 3e-3, 1e-2), 30
 def _tuned(exp: Experiment, lr: float) -> Experiment:
-    "`exp` with learning rate `lr` and `TUNE_EPOCHS` epochs: one point of the tuning grid."
+    """`exp` with learning rate `lr` and `TUNE_EPOCHS` epochs: one point of the tuning
+    grid."""
     return exp.derive(f"{exp.name}_lr{lr:g}_e{TUNE_EPOCHS}",
                       train={"lr": lr, "epochs": TUNE_EPOCHS},
                       description=f"{exp.description} Tuning grid: "
@@ -142,15 +183,20 @@ def _tuned(exp: Experiment, lr: float) -> Experiment:
 _CE_M, _GSL_M = GRAPH_PAPER[0], GRAPH_PAPER[2]
 TUNE_GRID = {"ce": [_tuned(_CE_M, lr) for lr in TUNE_LRS],
              "gsl": [_tuned(_GSL_M, lr) for lr in TUNE_LRS]}
-# diagnosis: does the batch graph lack same-class vertices? class-balanced and larger batches
+# diagnosis: does the batch graph lack same-class vertices? class-balanced and larger
+# batches
 _DIAG = [_GSL_M.derive("gsp_gsl_mnist1d_balanced", train={"sampler": {"m": 10, "p": 10}},
-                       seeds=_SEEDS3, description="Graph loss, class-balanced batches (10 x 10)."),
+                       seeds=_SEEDS3,
+                       description="Graph loss, class-balanced batches (10 x 10)."),
          _GSL_M.derive("gsp_gsl_mnist1d_b400", train={"batch_size": 400}, seeds=_SEEDS3,
-                       description="Graph loss, batches of 400 (graphs of 400 vertices).")]
-# Table 2 at the selected learning rates (the chapter checks that the selection rule picks these)
+                       description="Graph loss, batches of 400 (graphs of 400 "
+                                   "vertices).")]
+# Table 2 at the selected learning rates (the chapter checks that the selection rule picks
+# these)
 SELECTED_LR = {"ce": 1e-2, "gsl": 1e-3}
 _D200 = next(e for e in GRAPH_PAPER if e.name == "gsp_gsl_mnist1d_d200")
-GRAPH_PAPER += [*TUNE_GRID["ce"], *TUNE_GRID["gsl"], *_DIAG, _tuned(_D200, SELECTED_LR["gsl"])]
+GRAPH_PAPER += [*TUNE_GRID["ce"], *TUNE_GRID["gsl"], *_DIAG,
+                _tuned(_D200, SELECTED_LR["gsl"])]
 # many classes (Table 1's CIFAR-100): the `finegrained` data of the silhouette chapter,
 # 40 classes in 8 coarse groups, 15 training samples each; both losses at the rates
 # selected on MNIST-1D, 30 epochs
@@ -159,9 +205,11 @@ _fine = Experiment(
     "gsp_ce_finegrained", "finegrained",
     dataset_kwargs={"num_classes": 40, "groups": 8, "per_class": (15, 5, 20)},
     model={"encoder": "mlp", **_CE_MODEL}, objective={},
-    train={"epochs": TUNE_EPOCHS, "batch_size": 100, "lr": SELECTED_LR["ce"], "weight_decay": 1e-4},
+    train={"epochs": TUNE_EPOCHS, "batch_size": 100, "lr": SELECTED_LR["ce"],
+           "weight_decay": 1e-4},
     seeds=_SEEDS5,
-    profiles={"smoke": {"dataset_kwargs": {"num_classes": 12, "groups": 3}, "train": {"epochs": 1},
+    profiles={"smoke": {"dataset_kwargs": {"num_classes": 12, "groups": 3},
+                        "train": {"epochs": 1},
                         "seeds": (0,)}},
     description="Cross-entropy, argmax (finegrained: 40 classes in 8 groups, MLP).")
 GRAPH_PAPER += [_fine, _gsl(_fine, "gsp_gsl_finegrained", d=40,
@@ -177,22 +225,32 @@ GRAPH_PAPER_SUITES = {
     "graph_paper_fig4_alpha": [f"{_M}_a0.5", _M, f"{_M}_a8", f"{_M}_a32"],
     "graph_paper_table2": ["gsp_ce_mnist1d", f"{_M}_d200"],
     "graph_paper_tune": [e.name for v in TUNE_GRID.values() for e in v],
-    "graph_paper_table2_tuned": [_tuned(_CE_M, SELECTED_LR["ce"]).name,
-                                 _tuned(_D200, SELECTED_LR["gsl"]).name],
+    "graph_paper_table2_tuned": [
+        _tuned(_CE_M, SELECTED_LR["ce"]).name,
+        _tuned(_D200, SELECTED_LR["gsl"]).name,
+    ],
     "graph_paper_diag": [_M, "gsp_gsl_mnist1d_balanced", "gsp_gsl_mnist1d_b400"],
     "graph_paper_table1_fine": ["gsp_ce_finegrained", "gsp_gsl_finegrained"],
-    "graph_paper_colab": [e.name for e in GRAPH_PAPER if e.profiles.get("cpu", {}) is None],
+    "graph_paper_colab": [
+        e.name for e in GRAPH_PAPER if e.profiles.get("cpu", {}) is None
+    ],
 }
-_DESCRIPTIONS = {"table1": "Table 1: CE argmax vs graph smoothness loss + 1-NN, 10-NN, RBF SVC.",
-                 "fig1": "Figure 1: 2-d outputs (batch norm), CE bottleneck vs graph loss.",
+_DESCRIPTIONS = {"table1": "Table 1: CE argmax vs graph smoothness loss + 1-NN, 10-NN, "
+                           "RBF SVC.",
+                 "fig1": "Figure 1: 2-d outputs (batch norm), CE bottleneck vs graph "
+                         "loss.",
                  "fig2_k": "Figure 2: 10-NN accuracy against k.",
                  "fig3_d": "Figure 3: 10-NN accuracy against the output dimension d.",
                  "fig4_alpha": "Figure 4: 10-NN accuracy against alpha.",
-                 "table2": "Table 2: clean error, mCE and relative mCE on the corruption suite.",
-                 "tune": "Table 1 tuned: CE and graph loss, 4 learning rates x 30 epochs each.",
-                 "table2_tuned": "Table 2 at the learning rates selected on Table 1's grid.",
+                 "table2": "Table 2: clean error, mCE and relative mCE on the corruption "
+                           "suite.",
+                 "tune": "Table 1 tuned: CE and graph loss, 4 learning rates x 30 epochs "
+                         "each.",
+                 "table2_tuned": "Table 2 at the learning rates selected on Table 1's "
+                                 "grid.",
                  "table1_fine": "Table 1 with many classes: 40 fine classes in 8 groups.",
                  "diag": "Graph loss on MNIST-1D: class-balanced and larger batches.",
-                 "colab": "Tables 1-2 on CIFAR-10, CIFAR-100 and SVHN (GPU, colab profile)."}
+                 "colab": "Tables 1-2 on CIFAR-10, CIFAR-100 and SVHN (GPU, colab "
+                          "profile)."}
 for _s, _members in GRAPH_PAPER_SUITES.items():
     register_suite(_s, _members, _DESCRIPTIONS[_s.removeprefix("graph_paper_")])

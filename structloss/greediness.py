@@ -25,29 +25,39 @@ def _parameters(model) -> list:
     return [p for p in params if isinstance(p, torch.Tensor) and p.requires_grad]
 
 def _loss_inputs(loss_fn, embeddings, labels):
-    "Views as `Objective` hands them over: `[N, V, d]` to losses with `accepts_views`, else flattened."
+    """Views as `Objective` hands them over: `[N, V, d]` to losses with `accepts_views`,
+    else flattened."""
     if embeddings.ndim == 3 and not getattr(loss_fn, "accepts_views", False):
         return flatten_views(embeddings, labels)
     return embeddings, labels
 
-def embedding_gradient(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor, model=None):
-    "`(loss, dL/dZ, dL/dtheta)`: the gradient w.r.t. the embeddings (eq. 3) and, with `model`, its parameters."
+def embedding_gradient(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor,
+                       model=None):
+    """`(loss, dL/dZ, dL/dtheta)`: the gradient w.r.t. the embeddings (eq. 3) and, with
+    `model`, its parameters."""
     params = _parameters(model)
     if params and not embeddings.requires_grad:
-        raise ValueError("`model` was given but `embeddings` carries no graph back to it; pass the model's output "
+        raise ValueError("`model` was given but `embeddings` carries no graph back to "
+                         "it; pass the model's output "
                          "(not a detached copy) to measure the parameter gradient norm.")
-    z = embeddings if (params or embeddings.requires_grad) else embeddings.detach().requires_grad_()
+    z = (
+        embeddings
+        if (params or embeddings.requires_grad)
+        else embeddings.detach().requires_grad_()
+    )
     inputs, targets = _loss_inputs(loss_fn, z, labels)
     loss = loss_fn(inputs, targets)
     if not loss.requires_grad:  # a loss that ignores its input: every gradient is zero
         return loss.detach(), torch.zeros_like(z), [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(loss, [z, *params], retain_graph=bool(params), allow_unused=True)
+    grads = torch.autograd.grad(loss, [z, *params], retain_graph=bool(params),
+                                allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [z, *params])]
     return loss.detach(), grads[0], grads[1:]
 
 # %% ../nbs/17_greediness.ipynb #5c930797
 def loss_active_ratio(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
-    "The loss's own active ratio (eq. 1) on a detached batch; NaN (with a warning) if it does not define one."
+    """The loss's own active ratio (eq. 1) on a detached batch; NaN (with a warning) if it
+    does not define one."""
     if not callable(getattr(loss_fn, "active_ratio", None)):
         warnings.warn(f"{type(loss_fn).__name__} has no `active_ratio`; reporting NaN.")
         return float("nan")
@@ -58,58 +68,88 @@ def loss_active_ratio(loss_fn, embeddings: torch.Tensor, labels: torch.Tensor) -
         return float("nan")
 
 # %% ../nbs/17_greediness.ipynb #61977276
-def greediness_report(loss_fn, # an `EmbeddingLoss` (or any module called as loss_fn(embeddings, labels))
-                      embeddings: torch.Tensor, # [N, d] or [N, V, d]; the model's output when `model` is given
-                      labels: torch.Tensor,  # [N]
-                      model=None,            # theta in eq. 3: a module or an iterable of parameters, or None
-                      grad_tol: float = 0.0, # epsilon in eqs. 2-3
-                     ) -> dict:
-    "Loss, active ratios (eqs. 1-2) and gradient norms (eq. 3) on one batch, as floats for a log."
+def greediness_report(
+    loss_fn,  # an `EmbeddingLoss` (or any module called as loss_fn(embeddings, labels))
+    embeddings: torch.Tensor,  # [N, d] or [N, V, d]; the model's output with `model`
+    labels: torch.Tensor,  # [N]
+    model=None,  # theta in eq. 3: a module or an iterable of parameters, or None
+    grad_tol: float = 0.0,  # epsilon in eqs. 2-3
+) -> dict:
+    """Loss, active ratios (eqs. 1-2) and gradient norms (eq. 3) on one batch, as floats
+    for a log."""
     if not grad_tol >= 0: raise ValueError(f"`grad_tol` must be >= 0; got {grad_tol}.")
     loss, g_z, g_theta = embedding_gradient(loss_fn, embeddings, labels, model)
-    g = g_z.reshape(-1, g_z.shape[-1])                                  # [N V, d] per-sample gradients
+    # [N V, d] per-sample gradients
+    g = g_z.reshape(-1, g_z.shape[-1])
     row = g.norm(dim=1)                                                 # ||g_i||, [N V]
     active = row > grad_tol
     n_active = active.sum()
     report = {"loss": float(loss),
-              "active_ratio": loss_active_ratio(loss_fn, embeddings, labels),           # eq. 1
-              "grad_active_ratio": float(active.float().mean()),                        # eq. 2
-              "grad_norm_embeddings": float(row.square().sum().sqrt()),                 # G_Z, eq. 3
+              # eq. 1
+              "active_ratio": loss_active_ratio(loss_fn, embeddings, labels),
+              # eq. 2
+              "grad_active_ratio": float(active.float().mean()),
+              # G_Z, eq. 3
+              "grad_norm_embeddings": float(row.square().sum().sqrt()),
               "grad_norm_per_sample": float(row.mean()),
-              "grad_norm_active": float((row * active).sum() / n_active.clamp_min(1))}  # eq. 3
+              # eq. 3
+              "grad_norm_active": float((row * active).sum() / n_active.clamp_min(1))}
     if model is not None:
-        report["grad_norm_params"] = float(torch.sqrt(sum((t.double() ** 2).sum() for t in g_theta))) if g_theta else 0.0
+        report["grad_norm_params"] = (
+            float(torch.sqrt(sum((t.double() ** 2).sum() for t in g_theta)))
+            if g_theta
+            else 0.0
+        )
     return report
 
 # %% ../nbs/17_greediness.ipynb #3e44634c
-def loss_decay(history, # per-epoch losses l_0, l_1, ... (a sequence of numbers or a 1-d tensor)
-               fraction: float = 0.1, # q in eq. 4
-              ) -> int | None:
-    "Epochs after the first until the loss is <= `fraction` of its first value (eq. 4); None if never."
+def loss_decay(
+        history, # per-epoch losses l_0, l_1, ... (a sequence of numbers or a 1-d tensor)
+        fraction: float = 0.1, # q in eq. 4
+        ) -> int | None:
+    """Epochs after the first until the loss is <= `fraction` of its first value (eq. 4);
+    None if never."""
     h = torch.as_tensor(history).detach().flatten().cpu()
-    h = h.to(torch.promote_types(h.dtype, torch.float32) if h.is_floating_point() else torch.float64)  # compare in the history's precision
-    if not 0 < fraction < 1: raise ValueError(f"`fraction` must lie in (0, 1); got {fraction}.")
-    if len(h) == 0: raise ValueError("`history` is empty; record at least one epoch's loss.")
-    if not bool(torch.isfinite(h).all()): raise ValueError("`history` contains NaN or inf; loss decay is undefined.")
+    # compare in the history's precision
+    h = h.to(
+        torch.promote_types(h.dtype, torch.float32)
+        if h.is_floating_point()
+        else torch.float64
+    )
+    if not 0 < fraction < 1:
+        raise ValueError(f"`fraction` must lie in (0, 1); got {fraction}.")
+    if len(h) == 0:
+        raise ValueError("`history` is empty; record at least one epoch's loss.")
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError("`history` contains NaN or inf; loss decay is undefined.")
     if not h[0] > 0:
-        raise ValueError(f"Loss decay needs a positive first loss (the loss must fall towards 0); got {float(h[0])}. "
-                         f"For a loss that can be negative, shift it by its minimum first.")
+        raise ValueError("Loss decay needs a positive first loss (the loss must fall "
+                         f"towards 0); got {float(h[0])}. "
+                         "For a loss that can be negative, shift it by its minimum "
+                         "first.")
     hits = (h[1:] <= fraction * h[0]).nonzero()
     return int(hits[0, 0]) + 1 if len(hits) else None
 
 # %% ../nbs/17_greediness.ipynb #22cbe6f6
 def mean_reports(reports: list) -> dict:
-    "Average a list of report dicts key by key, ignoring NaN entries (e.g. over an epoch)."
+    """Average a list of report dicts key by key, ignoring NaN entries (e.g. over an
+    epoch)."""
     if not reports: return {}
     out = {}
     for key in reports[0]:
-        vals = [r[key] for r in reports if key in r and r[key] is not None and not math.isnan(r[key])]
+        vals = [
+            r[key]
+            for r in reports
+            if key in r and r[key] is not None and not math.isnan(r[key])
+        ]
         out[key] = sum(vals) / len(vals) if vals else float("nan")
     return out
 
-def objective_greediness(objective, embeddings: torch.Tensor, labels: torch.Tensor, model=None,
+def objective_greediness(objective, embeddings: torch.Tensor, labels: torch.Tensor,
+                         model=None,
                          grad_tol: float = 0.0) -> dict:
-    "`{term name: greediness_report}` for each structure term of an `Objective` (unweighted)."
+    """`{term name: greediness_report}` for each structure term of an `Objective`
+    (unweighted)."""
     return {name: greediness_report(loss, embeddings, labels, model, grad_tol)
             for name, loss in objective.losses.items()}
 
@@ -117,37 +157,50 @@ def objective_greediness(objective, embeddings: torch.Tensor, labels: torch.Tens
 LOSS_MODULES = ("pairs", "contrastive", "proxies", "magnet", "graph", "silhouette")
 
 def build_loss(cls, num_classes: int, embedding_size: int, **kwargs) -> EmbeddingLoss:
-    "An instance of `cls` with its defaults; `num_classes` and `embedding_size` are passed where they are required."
+    """An instance of `cls` with its defaults; `num_classes` and `embedding_size` are
+    passed where they are required."""
     params = inspect.signature(cls).parameters
     for key, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
-        if key in params and params[key].default is inspect.Parameter.empty: kwargs.setdefault(key, value)
+        if key in params and params[key].default is inspect.Parameter.empty:
+            kwargs.setdefault(key, value)
     return cls(**kwargs)
 
 def _is_abstract(cls) -> bool:
-    "True for a base class whose loss is left to subclasses: a call on a small batch raises NotImplementedError."
+    """True for a base class whose loss is left to subclasses: a call on a small batch
+    raises NotImplementedError."""
     g = torch.Generator().manual_seed(0)
     try: build_loss(cls, 4, 4)(torch.randn(8, 4, generator=g), torch.arange(8) % 4)
     except NotImplementedError: return True
-    except Exception: return False  # other failures are the loss's own, reported where it is used
+    # other failures are the loss's own, reported where it is used
+    except Exception: return False
     return False
 
 def find_losses(modules=LOSS_MODULES, verbose: bool = True) -> dict:
-    "`{class name: class}` of the concrete `EmbeddingLoss` subclasses exported by `structloss.<module>`."
+    """`{class name: class}` of the concrete `EmbeddingLoss` subclasses exported by
+    `structloss.<module>`."""
     found = {}
     for m in modules:
         try: mod = importlib.import_module(f"structloss.{m}")
         except ImportError as e:
-            if verbose: print(f"structloss.{m} is not available ({e}); its losses are skipped.")
+            if verbose:
+                print(f"structloss.{m} is not available ({e}); its losses are skipped.")
             continue
-        for name in getattr(mod, "__all__", [n for n in vars(mod) if not n.startswith("_")]):
+        for name in getattr(mod, "__all__",
+                            [n for n in vars(mod) if not n.startswith("_")]):
             obj = getattr(mod, name, None)
-            if not (inspect.isclass(obj) and issubclass(obj, EmbeddingLoss) and obj is not EmbeddingLoss
-                    and obj.__module__ == mod.__name__): continue
-            if obj.__name__ != name:        # an alias such as NTXentLoss = InfoNCELoss: keep the class's own name
+            if not (
+                inspect.isclass(obj)
+                and issubclass(obj, EmbeddingLoss)
+                and obj is not EmbeddingLoss
+                and obj.__module__ == mod.__name__
+            ): continue
+            # an alias such as NTXentLoss = InfoNCELoss: keep the class's own name
+            if obj.__name__ != name:
                 if verbose: print(f"structloss.{m}.{name} is an alias of {obj.__name__}.")
                 continue
             if _is_abstract(obj):
-                if verbose: print(f"structloss.{m}.{name} is an abstract base class; skipped.")
+                if verbose:
+                    print(f"structloss.{m}.{name} is an abstract base class; skipped.")
                 continue
             found[name] = obj
     return found

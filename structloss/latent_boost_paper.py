@@ -13,11 +13,14 @@ from .experiments import Experiment, register_experiment, register_suite
 
 LAMBDA_GRID = {"cpu": (0.25, 0.5, 0.75),                  # smoke runs the cpu grid
                "colab": (0.1, 0.25, 0.5, 0.75, 0.9)}
-WARMUP = {"smoke": 0, "cpu": 2, "colab": 5}     # CE-only epochs before Latent Boost (Section 6.3)
+# CE-only epochs before Latent Boost (Section 6.3)
+WARMUP = {"smoke": 0, "cpu": 2, "colab": 5}
 READINGS = {  # how eq. 11 is read: keyword arguments of LatentBoostLoss
     "literal": {},                                           # beta in the exponent, hinge
-    "detach": {"detach_variance": True},                     # sigma_C^2 constant in backward
-    "factor": {"beta_placement": "factor", "hinge": False},  # beta times the sum, no hinge
+    # sigma_C^2 constant in backward
+    "detach": {"detach_variance": True},
+    # beta times the sum, no hinge
+    "factor": {"beta_placement": "factor", "hinge": False},
 }
 DISTANCE_LOSSES = {  # Table 1 of the paper: each loss's original hyperparameters
     "contrastive": ("ContrastiveLoss", {"pos_margin": 0.0, "neg_margin": 1.0}),
@@ -27,7 +30,8 @@ DISTANCE_LOSSES = {  # Table 1 of the paper: each loss's original hyperparameter
 }
 
 def paper_metrics(model, data, seed: int) -> dict:
-    "Micro- and macro-F1 of the classifier, euclidean silhouette of the test latents (Tables 2-5)."
+    """Micro- and macro-F1 of the classifier, euclidean silhouette of the test latents
+    (Tables 2-5)."""
     from sklearn.metrics import f1_score
     from structloss.metrics import silhouette_score
     from structloss.train import embed
@@ -35,7 +39,8 @@ def paper_metrics(model, data, seed: int) -> dict:
     pred = logits.argmax(1)
     return {"micro_f1": float(f1_score(y, pred, average="micro")),
             "macro_f1": float(f1_score(y, pred, average="macro")),
-            "silhouette_euclidean": float(silhouette_score(z.double(), y, metric="euclidean"))}
+            "silhouette_euclidean": float(silhouette_score(z.double(), y,
+                                                           metric="euclidean"))}
 
 _STANDIN = {  # MNIST-1D with a small 1-D CNN whose 64-d latent feeds a linear classifier
     "dataset": "mnist1d", "dataset_kwargs": {"num_samples": 2500},
@@ -47,7 +52,8 @@ LB_BASE = Experiment(
     model={"encoder": "digits_cnn", "encoder_kwargs": {"width": 16}, "projection": None,
            "normalize": False, "classifier_on": "features"},
     train={"epochs": 150, "batch_size": 128, "optimizer": "adam", "lr": 1e-3,
-           "scheduler": "plateau", "plateau_factor": 0.2, "plateau_patience": 10, "patience": 20},
+           "scheduler": "plateau", "plateau_factor": 0.2, "plateau_patience": 10,
+           "patience": 20},
     seeds=(0, 1, 2, 3, 4),
     evaluation={"recall_k": (1,), "svc_max_train": 500,
                 "extra": ["structloss.latent_boost_paper.paper_metrics"]},
@@ -55,10 +61,12 @@ LB_BASE = Experiment(
         "smoke": {**_STANDIN, "dataset_kwargs": {"num_samples": 400}, "seeds": (0,),
                   "train": {"epochs": 1, "lr": 3e-3, "patience": None}},
         "cpu": {**_STANDIN,
-                "train": {"epochs": 30, "lr": 3e-3, "plateau_patience": 2, "patience": 4}},
+                "train": {"epochs": 30, "lr": 3e-3, "plateau_patience": 2,
+                          "patience": 4}},
         "colab": {"train": {"num_workers": 2}},
     },
-    description="Latent Boost paper, baseline (lambda = 0): cross-entropy, Adam, LR/5 on plateau, "
+    description="Latent Boost paper, baseline (lambda = 0): cross-entropy, Adam, LR/5 on "
+                "plateau, "
                 "early stopping.")
 
 def _lam_tag(lam: float) -> str: return f"l{round(lam * 100):02d}"
@@ -71,25 +79,32 @@ def distance_experiment(loss: str, lam: float) -> Experiment:
     if loss not in DISTANCE_LOSSES:
         raise ValueError(f"`loss` must be one of {list(DISTANCE_LOSSES)}; got {loss!r}.")
     if not 0 < lam < 1:
-        raise ValueError(f"`lam` must lie in (0, 1) (0 is the baseline `lbp_ce`); got {lam!r}.")
+        raise ValueError("`lam` must lie in (0, 1) (0 is the baseline `lbp_ce`); got "
+                         f"{lam!r}.")
     cls, kw = DISTANCE_LOSSES[loss]
     return LB_BASE.derive(f"lbp_{loss}_{_lam_tag(lam)}", objective={
             "terms": {loss: {"loss": cls, "kwargs": kw, "weight": 1.0}}, "mix": lam},
         **_only_colab(lam),
-        description=f"Latent Boost paper, Table 2: {cls} mixed with CE at lambda = {lam}.")
+        description=f"Latent Boost paper, Table 2: {cls} mixed with CE at lambda = "
+                    f"{lam}.")
 
 def latent_boost_experiment(reading: str, lam: float, pca: bool = True) -> Experiment:
-    "Latent Boost (eq. 11) in one reading, after a CE-only warm-up, mixed with CE at `lam`."
+    """Latent Boost (eq. 11) in one reading, after a CE-only warm-up, mixed with CE at
+    `lam`."""
     if reading not in READINGS:
         raise ValueError(f"`reading` must be one of {list(READINGS)}; got {reading!r}.")
     if not 0 < lam < 1:
-        raise ValueError(f"`lam` must lie in (0, 1) (0 is the baseline `lbp_ce`); got {lam!r}.")
+        raise ValueError("`lam` must lie in (0, 1) (0 is the baseline `lbp_ce`); got "
+                         f"{lam!r}.")
     kw = {"lam": lam, "warmup_epochs": WARMUP["colab"], "pca": pca, **READINGS[reading]}
     name = f"lbp_lb_{reading}{'' if pca else '_nopca'}_{_lam_tag(lam)}"
     exp = LB_BASE.derive(name, objective={"factory": "latent_boost", "kwargs": kw},
                          description=f"Latent Boost paper, Table 3: LB ({reading} reading"
                                      f"{'' if pca else ', no PCA'}) at lambda = {lam}.")
-    prof = {p: {"objective": {"kwargs": {"warmup_epochs": WARMUP[p]}}} for p in ("smoke", "cpu")}
+    prof = {
+        p: {"objective": {"kwargs": {"warmup_epochs": WARMUP[p]}}}
+        for p in ("smoke", "cpu")
+    }
     if lam not in LAMBDA_GRID["cpu"]: prof = {"smoke": None, "cpu": None}
     return exp.derive(name, profiles=prof)
 
@@ -97,19 +112,28 @@ def _register_all():
     grid = LAMBDA_GRID["colab"]
     suites = {"baseline": [register_experiment(LB_BASE)]}
     for loss in DISTANCE_LOSSES:
-        suites[loss] = [register_experiment(distance_experiment(loss, lam)) for lam in grid]
+        suites[loss] = [
+            register_experiment(distance_experiment(loss, lam)) for lam in grid
+        ]
     for reading in READINGS:
-        suites[f"lb_{reading}"] = [register_experiment(latent_boost_experiment(reading, lam))
-                                   for lam in grid]
+        suites[f"lb_{reading}"] = [
+            register_experiment(latent_boost_experiment(reading, lam)) for lam in grid
+        ]
     suites["lb_literal_nopca"] = [
-        register_experiment(latent_boost_experiment("literal", lam, pca=False)) for lam in grid]
+        register_experiment(latent_boost_experiment("literal", lam, pca=False))
+        for lam in grid
+    ]
     cpu = lambda exps: [e for e in exps if e.profiles.get("cpu", {}) is not None]
     t2 = suites["baseline"] + sum((suites[k] for k in DISTANCE_LOSSES), [])
     t3 = sum((suites[f"lb_{r}"] for r in READINGS), []) + suites["lb_literal_nopca"]
-    register_suite("latent_boost_table2", cpu(t2), "Latent Boost paper, Table 2 (cpu grid)")
-    register_suite("latent_boost_table3", cpu(t3), "Latent Boost paper, Tables 3-5 (cpu grid)")
-    register_suite("latent_boost_table2_full", t2, "Table 2 over the paper's lambda grid (colab)")
-    register_suite("latent_boost_table3_full", t3, "Tables 3-4 over lambda 0.1-0.9 (colab)")
+    register_suite("latent_boost_table2", cpu(t2),
+                   "Latent Boost paper, Table 2 (cpu grid)")
+    register_suite("latent_boost_table3", cpu(t3),
+                   "Latent Boost paper, Tables 3-5 (cpu grid)")
+    register_suite("latent_boost_table2_full", t2,
+                   "Table 2 over the paper's lambda grid (colab)")
+    register_suite("latent_boost_table3_full", t3,
+                   "Tables 3-4 over lambda 0.1-0.9 (colab)")
     return suites
 
 LB_SUITES = _register_all()

@@ -11,7 +11,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from .core import check_embeddings_labels, compute_dtype
-from .geometry import check_metric, class_counts, class_index, class_means, class_sums, euclidean_distances, pairwise_distances, safe_normalize
+from structloss.geometry import (
+    check_metric,
+    class_counts,
+    class_index,
+    class_means,
+    class_sums,
+    euclidean_distances,
+    pairwise_distances,
+    safe_normalize,
+)
 
 # %% auto #0
 __all__ = ['as_tensors', 'class_distance_sums', 'silhouette_parts', 'silhouette_samples', 'silhouette_score',
@@ -19,7 +28,8 @@ __all__ = ['as_tensors', 'class_distance_sums', 'silhouette_parts', 'silhouette_
 
 # %% ../nbs/02_metrics.ipynb #a963a4d3
 def as_tensors(embeddings, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    "`embeddings` and `labels` as tensors (NumPy arrays and lists are converted; tensors pass through)."
+    """`embeddings` and `labels` as tensors (NumPy arrays and lists are converted; tensors
+    pass through)."""
     if not isinstance(embeddings, torch.Tensor):
         embeddings = torch.as_tensor(embeddings)
         if not embeddings.is_floating_point(): embeddings = embeddings.double()
@@ -27,9 +37,11 @@ def as_tensors(embeddings, labels) -> tuple[torch.Tensor, torch.Tensor]:
     return embeddings, labels
 
 # %% ../nbs/02_metrics.ipynb #1dec95ca
-def class_distance_sums(z: torch.Tensor, ids: torch.Tensor, num_classes: int, metric: str = "cosine",
+def class_distance_sums(z: torch.Tensor, ids: torch.Tensor, num_classes: int,
+                        metric: str = "cosine",
                         block_size: int = 2048) -> torch.Tensor:
-    "`T[i, c]`: the sum of `d(i, j)` over samples `j != i` of class `c`, `[N, C]` (eqs. 3-4; blocked O(N²) for euclidean)."
+    """`T[i, c]`: the sum of `d(i, j)` over samples `j != i` of class `c`, `[N, C]` (eqs.
+    3-4; blocked O(N²) for euclidean)."""
     check_metric(metric)
     if metric == "cosine":
         z_hat = safe_normalize(z)                                  # (N, d)
@@ -37,39 +49,57 @@ def class_distance_sums(z: torch.Tensor, ids: torch.Tensor, num_classes: int, me
         n = class_counts(ids, num_classes, dtype=z.dtype)          # (C,)
         T = n[None, :] - z_hat @ S.T                               # eq. 3, (N, C)
         own = F.one_hot(ids, num_classes).to(z.dtype)              # (N, C)
-        T = T - own * (1 - (z_hat * z_hat).sum(1))[:, None]        # minus d(i, i) as eq. 3 counts it (1 for a zero vector)
+        # minus d(i, i) as eq. 3 counts it (1 for a zero vector)
+        T = T - own * (1 - (z_hat * z_hat).sum(1))[:, None]
     elif metric == "sqeuclidean":
-        z = z - z.mean(0, keepdim=True)                            # shift-invariant; avoids cancellation
-        sq = (z * z).sum(1)                                        # (N,)
-        S, Q = class_sums(z, ids, num_classes), class_sums(sq[:, None], ids, num_classes)[:, 0]
+        # shift-invariant; avoids cancellation
+        z = z - z.mean(0, keepdim=True)
+        sq = (z * z).sum(1)  # (N,)
+        S, Q = (
+            class_sums(z, ids, num_classes),
+            class_sums(sq[:, None], ids, num_classes)[:, 0],
+        )
         n = class_counts(ids, num_classes, dtype=z.dtype)
-        T = n[None, :] * sq[:, None] - 2 * z @ S.T + Q[None, :]    # eq. 4, (N, C); d(i, i) = 0 adds nothing
-    else:                                                          # euclidean: d(i, i) = 0 adds nothing either
+        # eq. 4, (N, C); d(i, i) = 0 adds nothing
+        T = n[None, :] * sq[:, None] - 2 * z @ S.T + Q[None, :]
+    # euclidean: d(i, i) = 0 adds nothing either
+    else:
         own = F.one_hot(ids, num_classes).to(z.dtype)              # (N, C)
-        T = torch.cat([euclidean_distances(z[start:start + block_size], z) @ own   # (B, N) @ (N, C)
-                       for start in range(0, len(z), block_size)])  # a loop over row blocks, not samples
+        # (B, N) @ (N, C)
+        T = torch.cat([euclidean_distances(z[start:start + block_size], z) @ own
+                       # a loop over row blocks, not samples
+                       for start in range(0, len(z), block_size)])
     return T.clamp_min(0)
 
 # %% ../nbs/02_metrics.ipynb #607aca70
-def silhouette_parts(z: torch.Tensor, labels: torch.Tensor, metric: str = "cosine", num_classes: int | None = None):
-    "`a` `[N]`, `d(i, c)` `[N, C]`, mask of other classes present `[N, C]`, own class size `[N]` (eq. 1, from class sums)."
+def silhouette_parts(z: torch.Tensor, labels: torch.Tensor, metric: str = "cosine",
+                     num_classes: int | None = None):
+    """`a` `[N]`, `d(i, c)` `[N, C]`, mask of other classes present `[N, C]`, own class
+    size `[N]` (eq. 1, from class sums)."""
     ids, C = class_index(labels, num_classes)
-    T = class_distance_sums(z, ids, C, metric)                     # (N, C): sums of d(i, j), j != i
+    # (N, C): sums of d(i, j), j != i
+    T = class_distance_sums(z, ids, C, metric)
     n = class_counts(ids, C, dtype=z.dtype)                        # (C,)
     own = F.one_hot(ids, C).bool()                                 # (N, C)
     n_own = n[ids]                                                 # (N,)
     a = (T * own).sum(1) / (n_own - 1).clamp_min(1)                # eq. 1, a(i)
     d_ic = T / n.clamp_min(1)                                      # eq. 1, d(i, c)
-    other = ~own & (n > 0)[None, :]                                # classes c != y_i present in the batch
+    # classes c != y_i present in the batch
+    other = ~own & (n > 0)[None, :]
     return a, d_ic, other, n_own
 
 def _check_silhouette_classes(num_classes: int, n: int) -> None:
     if not 2 <= num_classes <= n - 1:
-        raise ValueError(f"the silhouette needs 2 <= number of classes <= N - 1; got {num_classes} classes for "
-                         f"N = {n} samples. A batch needs at least two classes and one class with two samples.")
+        raise ValueError("the silhouette needs 2 <= number of classes <= N - 1; got "
+                         f"{num_classes} classes for "
+                         f"N = {n} samples. A batch needs at least two classes and one "
+                         "class with two samples.")
 
-def silhouette_samples(embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
-    "Silhouette `s(i)` of each sample (eqs. 1-2), equal to scikit-learn's; O(N·C·d) for cosine and sqeuclidean."
+def silhouette_samples(
+    embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine"
+) -> torch.Tensor:
+    """Silhouette `s(i)` of each sample (eqs. 1-2), equal to scikit-learn's; O(N·C·d) for
+    cosine and sqeuclidean."""
     embeddings, labels = as_tensors(embeddings, labels)
     check_embeddings_labels(embeddings, labels, min_samples=3)
     ids, C = class_index(labels)
@@ -78,32 +108,41 @@ def silhouette_samples(embeddings: torch.Tensor, labels: torch.Tensor, metric: s
     a, d_ic, other, n_own = silhouette_parts(z, ids, metric, num_classes=C)
     b = d_ic.masked_fill(~other, float("inf")).min(1).values      # eq. 1, b(i)
     denom = torch.maximum(a, b)
-    s = torch.where((n_own > 1) & (denom > 0), (b - a) / denom.clamp_min(torch.finfo(z.dtype).tiny), 0.0)  # eq. 2
+    # eq. 2
+    s = torch.where((n_own > 1) & (denom > 0),
+                    (b - a) / denom.clamp_min(torch.finfo(z.dtype).tiny), 0.0)
     return s.to(embeddings.dtype)
 
-def silhouette_score(embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+def silhouette_score(
+    embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine"
+) -> torch.Tensor:
     "Mean silhouette over all samples (eq. 2), a 0-dim tensor."
     return silhouette_samples(embeddings, labels, metric).mean()
 
 # %% ../nbs/02_metrics.ipynb #fe9ff0ce
 def intra_class_variance(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    "Mean over classes of the mean squared distance to the class mean (eq. 5), a 0-dim tensor."
+    """Mean over classes of the mean squared distance to the class mean (eq. 5), a 0-dim
+    tensor."""
     embeddings, labels = as_tensors(embeddings, labels)
     check_embeddings_labels(embeddings, labels)
     z = embeddings.to(compute_dtype(embeddings))
     ids, C = class_index(labels)
     mu = class_means(z, ids, C)                                   # (C, d)
     sq = ((z - mu[ids]) ** 2).sum(1)                              # (N,)
-    per_class = class_means(sq[:, None], ids, C)[:, 0]           # (C,) every class is present
+    # (C,) every class is present
+    per_class = class_means(sq[:, None], ids, C)[:, 0]
     return per_class.mean().to(embeddings.dtype)
 
 def inter_class_separation(embeddings: torch.Tensor, labels: torch.Tensor) -> dict:
-    "Mean, std (population) and min of the euclidean distances between class means (eq. 6)."
+    """Mean, std (population) and min of the euclidean distances between class means (eq.
+    6)."""
     embeddings, labels = as_tensors(embeddings, labels)
     check_embeddings_labels(embeddings, labels)
     z = embeddings.to(compute_dtype(embeddings))
     ids, C = class_index(labels)
-    if C < 2: raise ValueError(f"inter-class separation needs at least 2 classes in `labels`; got {C}.")
+    if C < 2:
+        raise ValueError("inter-class separation needs at least 2 classes in `labels`; "
+                         f"got {C}.")
     mu = class_means(z, ids, C)
     iu = torch.triu_indices(C, C, offset=1, device=z.device)
     dist = pairwise_distances(mu, metric="euclidean")[iu[0], iu[1]]   # (C(C-1)/2,)
@@ -117,40 +156,59 @@ def class_variance_report(embeddings: torch.Tensor, labels: torch.Tensor) -> dic
 
 # %% ../nbs/02_metrics.ipynb #0e9748a7
 def _ranked_relevance(embeddings, labels, k: int, metric: str, block_size: int):
-    "rel[i, r]: does the r-th nearest gallery sample of query i share its label? `[N, k]`, query excluded."
+    """rel[i, r]: does the r-th nearest gallery sample of query i share its label? `[N,
+    k]`, query excluded."""
     z = embeddings.to(compute_dtype(embeddings))
     rows = []
-    for start in range(0, len(z), block_size):                    # loop over row blocks, not samples
+    # loop over row blocks, not samples
+    for start in range(0, len(z), block_size):
         D = pairwise_distances(z[start:start + block_size], z, metric)        # (B, N)
         idx = torch.arange(start, start + len(D), device=z.device)
-        D[torch.arange(len(D), device=z.device), idx] = float("inf")          # the query is not in its gallery
+        # the query is not in its gallery
+        D[torch.arange(len(D), device=z.device), idx] = float("inf")
         order = torch.sort(D, dim=1, stable=True).indices[:, :k]              # (B, k)
         rows.append(labels[order] == labels[idx, None])
     return torch.cat(rows)
 
-def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, k=(1, 2, 4, 8), metric: str = "cosine",
+def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, k=(1, 2, 4, 8),
+                metric: str = "cosine",
                 block_size: int = 1024) -> dict:
-    "Recall@K (eq. 7) for each K in `k`, as floats; queries alone in their class are left out."
+    """Recall@K (eq. 7) for each K in `k`, as floats; queries alone in their class are
+    left out."""
     embeddings, labels = as_tensors(embeddings, labels)
     check_embeddings_labels(embeddings, labels, min_samples=2)
     ks = (k,) if isinstance(k, int) else tuple(k)
-    if not ks or min(ks) < 1: raise ValueError(f"`k` must hold positive integers; got {k!r}.")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"`k` must hold positive integers; got {k!r}.")
     ids, C = class_index(labels)
     valid = class_counts(ids, C)[ids] > 1
-    if not bool(valid.any()): raise ValueError("no query has another sample of its class in `labels`; Recall@K is undefined.")
-    rel = _ranked_relevance(embeddings, labels, min(max(ks), len(labels) - 1), metric, block_size)
+    if not bool(valid.any()):
+        raise ValueError("no query has another sample of its class in `labels`; Recall@K "
+                         "is undefined.")
+    k_max = min(max(ks), len(labels) - 1)
+    rel = _ranked_relevance(embeddings, labels, k_max, metric, block_size)
     hits = rel.cumsum(1) > 0
-    return {kk: float(hits[valid, min(kk, rel.shape[1]) - 1].double().mean()) for kk in ks}
+    return {
+        kk: float(hits[valid, min(kk, rel.shape[1]) - 1].double().mean()) for kk in ks
+    }
 
-def map_at_r(embeddings: torch.Tensor, labels: torch.Tensor, metric: str = "cosine", block_size: int = 1024) -> float:
+def map_at_r(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    metric: str = "cosine",
+    block_size: int = 1024,
+) -> float:
     "MAP@R (eq. 8), as a float; queries alone in their class are left out."
     embeddings, labels = as_tensors(embeddings, labels)
     check_embeddings_labels(embeddings, labels, min_samples=2)
     ids, C = class_index(labels)
     R = class_counts(ids, C)[ids] - 1                              # (N,)
     valid = R > 0
-    if not bool(valid.any()): raise ValueError("no query has another sample of its class in `labels`; MAP@R is undefined.")
-    rel = _ranked_relevance(embeddings, labels, int(R.max()), metric, block_size).double()  # (N, R_max)
+    if not bool(valid.any()):
+        raise ValueError("no query has another sample of its class in `labels`; MAP@R is "
+                         "undefined.")
+    # (N, R_max)
+    rel = _ranked_relevance(embeddings, labels, int(R.max()), metric, block_size).double()
     ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=rel.dtype)
     precision = rel.cumsum(1) / ranks                              # P_i(r)
     within_R = ranks[None, :] <= R[:, None]

@@ -17,24 +17,35 @@ __all__ = ['ENCODERS', 'EmbeddingModel', 'DigitsCNN', 'MNIST1DCNN', 'MLP', 'PreA
 
 # %% ../nbs/22_models.ipynb #5a60419f
 class EmbeddingModel(nn.Module):
-    "Encoder + projection head + optional linear classifier (eq. 1); `forward(x)` returns `(logits, embeddings)`."
-    def __init__(self, encoder: nn.Module, # f_theta: x -> h of size feature_dim
-                 feature_dim: int, # dim h
-                 embedding_dim: int = 128, # dim z (ignored when projection is None)
-                 num_classes: int | None = None, # classifier outputs; None for no classifier
-                 projection: str | None = "mlp", # g_phi: 'mlp', 'linear' or None (z = h)
-                 normalize: bool = True, # return z / ||z||
-                 classifier_on: str = "embedding", # 'embedding' (z) or 'features' (h)
-                ):
+    """Encoder + projection head + optional linear classifier (eq. 1); `forward(x)`
+    returns `(logits, embeddings)`."""
+    def __init__(
+            self, encoder: nn.Module, # f_theta: x -> h of size feature_dim
+            feature_dim: int, # dim h
+            embedding_dim: int = 128, # dim z (ignored when projection is None)
+            num_classes: int | None = None, # classifier outputs; None for no classifier
+            projection: str | None = "mlp", # g_phi: 'mlp', 'linear' or None (z = h)
+            normalize: bool = True, # return z / ||z||
+            classifier_on: str = "embedding", # 'embedding' (z) or 'features' (h)
+            ):
         super().__init__()
         if projection not in ("mlp", "linear", None):
-            raise ValueError(f"`projection` must be 'mlp', 'linear' or None; got {projection!r}.")
+            raise ValueError("`projection` must be 'mlp', 'linear' or None; got "
+                             f"{projection!r}.")
         if classifier_on not in ("embedding", "features"):
-            raise ValueError(f"`classifier_on` must be 'embedding' or 'features'; got {classifier_on!r}.")
-        self.encoder, self.normalize, self.classifier_on = encoder, normalize, classifier_on
+            raise ValueError("`classifier_on` must be 'embedding' or 'features'; got "
+                             f"{classifier_on!r}.")
+        self.encoder, self.normalize, self.classifier_on = (
+            encoder,
+            normalize,
+            classifier_on,
+        )
         if projection is None: self.projection, embedding_dim = nn.Identity(), feature_dim
-        elif projection == "linear": self.projection = nn.Linear(feature_dim, embedding_dim)
-        else: self.projection = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True),
+        elif projection == "linear":
+            self.projection = nn.Linear(feature_dim, embedding_dim)
+        else:
+            self.projection = nn.Sequential(nn.Linear(feature_dim, feature_dim),
+                                            nn.ReLU(inplace=True),
                                               nn.Linear(feature_dim, embedding_dim))
         self.feature_dim, self.embedding_dim = feature_dim, embedding_dim
         in_dim = embedding_dim if classifier_on == "embedding" else feature_dim
@@ -45,39 +56,50 @@ class EmbeddingModel(nn.Module):
         z = self.projection(h)                                # [N, embedding_dim]
         logits = None
         if self.classifier is not None:
-            logits = self.classifier(z if self.classifier_on == "embedding" else h)  # [N, C]
+            # [N, C]
+            logits = self.classifier(z if self.classifier_on == "embedding" else h)
         return logits, (F.normalize(z, dim=1) if self.normalize else z)
 
 # %% ../nbs/22_models.ipynb #8eebf145
 def _conv_bn(cin, cout, dims=2, **kw):
     Conv, BN = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
-    return nn.Sequential(Conv(cin, cout, bias=False, **kw), BN(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(Conv(cin, cout, bias=False, **kw), BN(cout),
+                         nn.ReLU(inplace=True))
 
 class DigitsCNN(nn.Module):
     "A small 2-D CNN for 8×8 images `[C, 8, 8]`: 128 features."
     def __init__(self, in_channels: int = 1, width: int = 32):
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(in_channels, width, kernel_size=3, padding=1),
-                                      _conv_bn(width, 2 * width, kernel_size=3, padding=1), nn.MaxPool2d(2),
-                                      _conv_bn(2 * width, 4 * width, kernel_size=3, padding=1),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, width, kernel_size=3, padding=1),
+            _conv_bn(width, 2 * width, kernel_size=3, padding=1),
+            nn.MaxPool2d(2),
+            _conv_bn(2 * width, 4 * width, kernel_size=3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.out_dim = 4 * width
     def forward(self, x): return self.features(x)
 
 class MNIST1DCNN(nn.Module):
     "A small 1-D CNN for signals `[C, L]` (MNIST-1D: L = 40): `out_dim` features."
-    def __init__(self, in_channels: int = 1, length: int = 40, width: int = 32, out_dim: int = 128):
+    def __init__(self, in_channels: int = 1, length: int = 40, width: int = 32,
+                 out_dim: int = 128):
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(in_channels, width, 1, kernel_size=5, padding=2),
-                                      _conv_bn(width, width, 1, kernel_size=3, stride=2, padding=1),
-                                      _conv_bn(width, 2 * width, 1, kernel_size=3, stride=2, padding=1), nn.Flatten())
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, width, 1, kernel_size=5, padding=2),
+            _conv_bn(width, width, 1, kernel_size=3, stride=2, padding=1),
+            _conv_bn(width, 2 * width, 1, kernel_size=3, stride=2, padding=1),
+            nn.Flatten(),
+        )
         n = 2 * width * ((((length + 1) // 2) + 1) // 2)
         self.head = nn.Sequential(nn.Linear(n, out_dim), nn.ReLU(inplace=True))
         self.out_dim = out_dim
     def forward(self, x): return self.head(self.features(x))
 
 class MLP(nn.Module):
-    "Flatten, then `len(hidden)` Linear–ReLU layers: a baseline encoder for any small input."
+    """Flatten, then `len(hidden)` Linear–ReLU layers: a baseline encoder for any small
+    input."""
     def __init__(self, in_features: int, hidden: tuple = (256, 128)):
         super().__init__()
         layers, d = [nn.Flatten()], in_features
@@ -90,9 +112,19 @@ class PreActBlock(nn.Module):
     "Pre-activation basic block: BN–ReLU–conv, BN–ReLU–conv, plus the (projected) input."
     def __init__(self, cin, cout, stride=1):
         super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        self.bn1, self.conv1 = (
+            nn.BatchNorm2d(cin),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        )
+        self.bn2, self.conv2 = (
+            nn.BatchNorm2d(cout),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        )
+        self.shortcut = (
+            nn.Conv2d(cin, cout, 1, stride, bias=False)
+            if stride != 1 or cin != cout
+            else None
+        )
     def forward(self, x):
         out = F.relu(self.bn1(x))
         skip = x if self.shortcut is None else self.shortcut(out)
@@ -107,16 +139,24 @@ class PreActResNet18(nn.Module):
         self.stem = nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False)
         blocks, cin = [], w[0]
         for i, cout in enumerate(w):
-            blocks += [PreActBlock(cin, cout, 1 if i == 0 else 2), PreActBlock(cout, cout)]; cin = cout
+            blocks += [PreActBlock(cin, cout, 1 if i == 0 else 2),
+                       PreActBlock(cout, cout)]
+            cin = cout
         self.blocks, self.bn = nn.Sequential(*blocks), nn.BatchNorm2d(cin)
         self.out_dim = cin
     def forward(self, x):
-        return F.adaptive_avg_pool2d(F.relu(self.bn(self.blocks(self.stem(x)))), 1).flatten(1)
+        return F.adaptive_avg_pool2d(
+            F.relu(self.bn(self.blocks(self.stem(x)))), 1
+        ).flatten(1)
 
 # %% ../nbs/22_models.ipynb #ff722022
-def torchvision_encoder(name: str, # 'resnet18', 'resnet50', 'vgg16' or 'efficientnet_b0'
-                        in_channels: int = 3, small_input: bool = False) -> tuple[nn.Module, int]:
-    "A torchvision backbone without weights and without its classifier: `(module, feature_dim)`."
+def torchvision_encoder(
+    name: str,  # 'resnet18', 'resnet50', 'vgg16' or 'efficientnet_b0'
+    in_channels: int = 3,
+    small_input: bool = False,
+) -> tuple[nn.Module, int]:
+    """A torchvision backbone without weights and without its classifier: `(module,
+    feature_dim)`."""
     import torchvision.models as tvm
     if name in ("resnet18", "resnet50"):
         net = getattr(tvm, name)(weights=None)
@@ -135,14 +175,17 @@ def torchvision_encoder(name: str, # 'resnet18', 'resnet50', 'vgg16' or 'efficie
             net.features[0][0] = nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False)
         dim, net.classifier = net.classifier[1].in_features, nn.Identity()
     else:
-        raise ValueError(f"Unknown torchvision backbone {name!r}; choose resnet18, resnet50, vgg16 or efficientnet_b0.")
+        raise ValueError(f"Unknown torchvision backbone {name!r}; choose resnet18, "
+                         "resnet50, vgg16 or efficientnet_b0.")
     return net, dim
 
 # %% ../nbs/22_models.ipynb #536b161b
-ENCODERS = ("digits_cnn", "mnist1d_cnn", "mlp", "preact_resnet18", "resnet18", "resnet50", "vgg16", "efficientnet_b0")
+ENCODERS = ("digits_cnn", "mnist1d_cnn", "mlp", "preact_resnet18", "resnet18", "resnet50",
+            "vgg16", "efficientnet_b0")
 
 def build_encoder(name: str, input_shape: tuple, **kwargs) -> tuple[nn.Module, int]:
-    "Encoder `name` (one of `ENCODERS`) for inputs of shape `input_shape` (`[C, ...]`): `(module, feature_dim)`."
+    """Encoder `name` (one of `ENCODERS`) for inputs of shape `input_shape` (`[C, ...]`):
+    `(module, feature_dim)`."""
     c = input_shape[0]
     if name == "digits_cnn": enc = DigitsCNN(c, **kwargs)
     elif name == "mnist1d_cnn": enc = MNIST1DCNN(c, input_shape[-1], **kwargs)
@@ -154,9 +197,12 @@ def build_encoder(name: str, input_shape: tuple, **kwargs) -> tuple[nn.Module, i
     else: raise ValueError(f"Unknown encoder {name!r}; choose one of {ENCODERS}.")
     return enc, enc.out_dim
 
-def build_model(encoder: str, input_shape: tuple, num_classes: int | None, embedding_dim: int = 128,
-                projection: str | None = "mlp", normalize: bool = True, classifier_on: str = "embedding",
+def build_model(encoder: str, input_shape: tuple, num_classes: int | None,
+                embedding_dim: int = 128,
+                projection: str | None = "mlp", normalize: bool = True,
+                classifier_on: str = "embedding",
                 encoder_kwargs: dict | None = None) -> EmbeddingModel:
     "`EmbeddingModel` with encoder `encoder` for inputs `input_shape`."
     enc, dim = build_encoder(encoder, tuple(input_shape), **(encoder_kwargs or {}))
-    return EmbeddingModel(enc, dim, embedding_dim, num_classes, projection, normalize, classifier_on)
+    return EmbeddingModel(enc, dim, embedding_dim, num_classes, projection, normalize,
+                          classifier_on)

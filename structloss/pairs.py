@@ -15,10 +15,11 @@ from .core import (EmbeddingLoss, check_choice, check_class_ids, check_number,
 from .geometry import label_masks
 
 # %% auto #0
-__all__ = ['DISTANCES', 'REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights', 'with_gradient',
-           'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search', 'to_float32',
-           'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums', 'triplet_margin_totals',
-           'triplet_margin_weights', 'smooth_triplet_weights', 'TripletMarginLoss', 'first_two_indices', 'NPairsLoss']
+__all__ = ['DISTANCES', 'PAIR_REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights',
+           'with_gradient', 'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search',
+           'to_float32', 'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums',
+           'triplet_margin_totals', 'triplet_margin_weights', 'smooth_triplet_weights', 'TripletMarginLoss',
+           'first_two_indices', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
@@ -132,7 +133,7 @@ def self_pairs(x: torch.Tensor) -> torch.Tensor:
     return x[:, :x.shape[0]].diagonal()
 
 # %% ../nbs/11_pairs.ipynb #8c071fa8
-REDUCTIONS = ("avg_non_zero", "none")
+PAIR_REDUCTIONS = ("avg_non_zero", "none")
 
 class ContrastiveLoss(EmbeddingLoss):
     """Contrastive loss of Hadsell et al. (2006) in PML's form: un-squared hinges, each
@@ -161,7 +162,7 @@ class ContrastiveLoss(EmbeddingLoss):
         self.normalize_embeddings = normalize_embeddings
         self.exact_distances = exact_distances
         self.distance = check_choice("distance", distance, DISTANCES)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = check_choice("reduction", reduction, PAIR_REDUCTIONS)
         if distance == "cosine" and not normalize_embeddings:
             raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
                              "CosineSimilarity); leave `normalize_embeddings=True`.")
@@ -381,7 +382,7 @@ class TripletMarginLoss(EmbeddingLoss):
         self.normalize_embeddings = normalize_embeddings
         self.exact_distances, self.smooth_loss = exact_distances, bool(smooth_loss)
         self.distance = check_choice("distance", distance, DISTANCES)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = check_choice("reduction", reduction, PAIR_REDUCTIONS)
         if distance == "cosine" and not normalize_embeddings:
             raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
                              "CosineSimilarity); leave `normalize_embeddings=True`.")
@@ -427,14 +428,15 @@ class TripletMarginLoss(EmbeddingLoss):
         return sums, k, pos, neg
 
     def active_terms(self, embeddings, labels, **reference):
-        """Counts per positive pair `[N, M]`: triplets with a non-zero loss (`k_ap`) and valid
-        triplets (`|Q_a|`); counts rather than `[N, M, M]` masks, in O(N^2) memory."""
+        """Counts per positive pair `[N, M]`: triplets with a non-zero loss (`k_ap`)
+        and valid triplets (`|Q_a|`); counts, not `[N, M, M]` masks: O(N^2) memory."""
         _, _, _, t, same, has_self = self.prepare(embeddings, labels, **reference)
         pos, neg = same.clone(), ~same
         if has_self: self_pairs(pos).fill_(False)
-        n_valid = pos * neg.sum(1, keepdim=True)                          # (N, M) |Q_a| at positives
-        if self.smooth_loss: return n_valid, n_valid                        # softplus > 0: all of them
-        return triplet_margin_sums(t, pos, neg, self.margin)[1] * pos, n_valid   # k_ap
+        n_valid = pos * neg.sum(1, keepdim=True)          # (N, M) |Q_a| at the positives
+        if self.smooth_loss: return n_valid, n_valid        # softplus > 0: all of them
+        k = triplet_margin_sums(t, pos, neg, self.margin)[1]               # (N, M) k_ap
+        return k * pos, n_valid
 
 # %% ../nbs/11_pairs.ipynb #050e78b0
 def first_two_indices(ids: torch.Tensor, num_classes: int):

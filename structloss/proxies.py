@@ -17,11 +17,11 @@ from .geometry import safe_normalize, safe_sqrt, squared_euclidean_distances
 from .geometry import class_counts, class_sums
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'init_class_vectors', 'ClassVectorLoss', 'target_logit', 'softmax_cross_entropy', 'softmax_active',
+__all__ = ['PROXY_REDUCTIONS', 'init_class_vectors', 'ClassVectorLoss', 'target_logit', 'softmax_cross_entropy', 'softmax_active',
            'ProxyNCALoss', 'CenterLoss', 'additive_angular_margin', 'ArcFaceLoss', 'CenterContrastiveLoss']
 
 # %% ../nbs/13_proxies.ipynb #590d7ddc
-REDUCTIONS = ("mean", "sum", "none")
+PROXY_REDUCTIONS = ("mean", "sum", "none")
 
 def init_class_vectors(num_classes: int, embedding_size: int, seed: int | None = None
                       ) -> torch.nn.Parameter:
@@ -40,7 +40,7 @@ class ClassVectorLoss(EmbeddingLoss):
         super().__init__()
         self.num_classes, self.embedding_size = num_classes, embedding_size
         self.active_tol = check_number("active_tol", active_tol, minimum=0)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = check_choice("reduction", reduction, PROXY_REDUCTIONS)
 
     def class_vectors(self) -> torch.nn.Parameter:
         "The learnable `[C, d]` parameter of this loss."

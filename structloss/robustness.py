@@ -21,41 +21,54 @@ __all__ = ['SEVERITY_LEVELS', 'SEVERITY_PARAMS', 'CORRUPTIONS', 'gaussian_noise'
 SEVERITY_LEVELS = (1, 2, 3, 4, 5)
 # severity 1..5 -> the corruption's parameter (index severity - 1)
 SEVERITY_PARAMS = {
-    "gaussian_noise": (0.1, 0.2, 0.35, 0.5, 0.7),  # noise std, in units of the batch's std
-    "impulse_noise": (0.01, 0.02, 0.04, 0.07, 0.1),  # fraction of entries set to min or max
+    # noise std, in units of the batch's std
+    "gaussian_noise": (0.1, 0.2, 0.35, 0.5, 0.7),
+    # fraction of entries set to min or max
+    "impulse_noise": (0.01, 0.02, 0.04, 0.07, 0.1),
     "blur": (0.3, 0.45, 0.6, 0.75, 0.9),            # Gaussian kernel sigma, in samples
-    "contrast": (0.8, 0.65, 0.5, 0.4, 0.3),         # factor on the deviation from the mean
+    # factor on the deviation from the mean
+    "contrast": (0.8, 0.65, 0.5, 0.4, 0.3),
     "shift": (0.05, 0.1, 0.15, 0.2, 0.25),           # shift, as a fraction of each length
 }
 
 def _check_batch(x, severity: int, name: str):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"`x` must be a floating torch.Tensor [N, C, *spatial]; got "
-                        f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}.")
+        raise TypeError(
+            f"`x` must be a floating torch.Tensor [N, C, *spatial]; got "
+            f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}."
+        )
     if x.ndim not in (3, 4):
-        raise ValueError(f"`x` must have shape [N, C, L] (signals) or [N, C, H, W] (images); got "
+        raise ValueError("`x` must have shape [N, C, L] (signals) or [N, C, H, W] "
+                         "(images); got "
                          f"{tuple(x.shape)}. Add the channel axis with `x.unsqueeze(1)`.")
     if isinstance(severity, bool) or severity not in SEVERITY_LEVELS:
-        raise ValueError(f"`severity` must be one of {SEVERITY_LEVELS}; got {severity!r}.")
+        raise ValueError(f"`severity` must be one of {SEVERITY_LEVELS}; got "
+                         f"{severity!r}.")
     return SEVERITY_PARAMS[name][severity - 1]
 
 # %% ../nbs/25_robustness.ipynb #08efcb86
-def gaussian_noise(x: torch.Tensor, severity: int = 1, generator: torch.Generator | None = None):
-    "Add N(0, (c·std(x))²) to every entry; `c` grows with `severity`, `std(x)` is the batch's."
+def gaussian_noise(x: torch.Tensor, severity: int = 1,
+                   generator: torch.Generator | None = None):
+    """Add N(0, (c·std(x))²) to every entry; `c` grows with `severity`, `std(x)` is the
+    batch's."""
     c = _check_batch(x, severity, "gaussian_noise")
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return x + c * x.std() * noise
 
-def impulse_noise(x: torch.Tensor, severity: int = 1, generator: torch.Generator | None = None):
-    "Salt and pepper: a fraction `p` of the entries set to the batch's max or min, half each."
+def impulse_noise(x: torch.Tensor, severity: int = 1,
+                  generator: torch.Generator | None = None):
+    """Salt and pepper: a fraction `p` of the entries set to the batch's max or min, half
+    each."""
     p = _check_batch(x, severity, "impulse_noise")
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)      # (N, C, *S)
+    # (N, C, *S)
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     salt = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) < 0.5
     hit = u < p
     return torch.where(hit & salt, x.max(), torch.where(hit & ~salt, x.min(), x))
 
 def _gaussian_kernel(sigma: float, size: int, dtype, device):
-    r = min(math.ceil(3 * sigma), size - 1)                     # radius, within the signal
+    # radius, within the signal
+    r = min(math.ceil(3 * sigma), size - 1)
     t = torch.arange(-r, r + 1, dtype=dtype, device=device)
     k = torch.exp(-t ** 2 / (2 * sigma ** 2))
     return k / k.sum(), r
@@ -65,47 +78,58 @@ def _blur_axis(x, sigma: float, axis: int):
     xt = x.movedim(axis, -1)                                                  # (..., L)
     shape, L = xt.shape, xt.shape[-1]
     k, r = _gaussian_kernel(sigma, L, x.dtype, x.device)
-    flat = F.pad(xt.reshape(-1, 1, L), (r, r), mode="replicate")             # (M, 1, L + 2r)
+    # (M, 1, L + 2r)
+    flat = F.pad(xt.reshape(-1, 1, L), (r, r), mode="replicate")
     return F.conv1d(flat, k.view(1, 1, -1)).reshape(shape).movedim(-1, axis)
 
 def blur(x: torch.Tensor, severity: int = 1, generator: torch.Generator | None = None):
-    "Separable Gaussian blur over every spatial axis (edges replicated); `generator` is unused."
+    """Separable Gaussian blur over every spatial axis (edges replicated); `generator` is
+    unused."""
     sigma = _check_batch(x, severity, "blur")
     for axis in range(2, x.ndim): x = _blur_axis(x, sigma, axis)
     return x
 
-def contrast(x: torch.Tensor, severity: int = 1, generator: torch.Generator | None = None):
-    "Shrink every sample towards its own mean: `mean + c·(x - mean)`; `generator` is unused."
+def contrast(x: torch.Tensor, severity: int = 1,
+             generator: torch.Generator | None = None):
+    """Shrink every sample towards its own mean: `mean + c·(x - mean)`; `generator` is
+    unused."""
     c = _check_batch(x, severity, "contrast")
     m = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)                     # (N, 1, *1)
     return m + c * (x - m)
 
 def shift(x: torch.Tensor, severity: int = 1, generator: torch.Generator | None = None):
-    "Translate each sample by ±s along every spatial axis (random sign), edges replicated."
+    """Translate each sample by ±s along every spatial axis (random sign), edges
+    replicated."""
     frac = _check_batch(x, severity, "shift")
     N = x.shape[0]
     for axis in range(2, x.ndim):
         L = x.shape[axis]
         s = max(1, round(frac * L))
-        sign = torch.randint(0, 2, (N,), generator=generator).to(x.device) * 2 - 1     # (N,) ±1
-        src = (torch.arange(L, device=x.device)[None] - sign[:, None] * s).clamp(0, L - 1)  # (N, L)
+        # (N,) ±1
+        sign = torch.randint(0, 2, (N,), generator=generator).to(x.device) * 2 - 1
+        # (N, L)
+        src = (torch.arange(L, device=x.device)[None] - sign[:, None] * s).clamp(0, L - 1)
         view = [N] + [1] * (x.ndim - 1); view[axis] = L
         x = x.gather(axis, src.view(view).expand_as(x))
     return x
 
 # %% ../nbs/25_robustness.ipynb #ac3a3c30
-CORRUPTIONS = {"gaussian_noise": gaussian_noise, "impulse_noise": impulse_noise, "blur": blur,
+CORRUPTIONS = {"gaussian_noise": gaussian_noise, "impulse_noise": impulse_noise,
+               "blur": blur,
                "contrast": contrast, "shift": shift}
 
 def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
-    "Corruption `name` of `CORRUPTIONS` at `severity` (1-5) on the batch `x`, draws from `seed`."
+    """Corruption `name` of `CORRUPTIONS` at `severity` (1-5) on the batch `x`, draws from
+    `seed`."""
     if name not in CORRUPTIONS:
-        raise ValueError(f"Unknown corruption {name!r}; choose one of {sorted(CORRUPTIONS)}.")
+        raise ValueError(f"Unknown corruption {name!r}; choose one of "
+                         f"{sorted(CORRUPTIONS)}.")
     return CORRUPTIONS[name](x, severity, torch.Generator().manual_seed(int(seed)))
 
 # %% ../nbs/25_robustness.ipynb #04f2d491
 def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    "All inputs `[N, C, *spatial]` and labels `[N]` of `dataset`, in order, as two tensors."
+    """All inputs `[N, C, *spatial]` and labels `[N]` of `dataset`, in order, as two
+    tensors."""
     from torch.utils.data import DataLoader
     xs, ys = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -113,20 +137,25 @@ def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch
     return torch.cat(xs), torch.cat(ys).long()
 
 def _corruption_seed(seed: int, name: str, severity: int) -> int:
-    "One seed per (training seed, corruption, severity): all models of a seed see the same inputs."
+    """One seed per (training seed, corruption, severity): all models of a seed see the
+    same inputs."""
     return 10_000 * int(seed) + 100 * sorted(CORRUPTIONS).index(name) + severity
 
-def corruption_metrics(model: torch.nn.Module, data, seed: int = 0,
-                       corruptions: tuple | None = None,  # names in `CORRUPTIONS`; None: all
-                       severities: tuple = SEVERITY_LEVELS,
-                       knn_k: int = 10,                   # the k-NN classifier on the embeddings
-                       batch_size: int = 512) -> dict:
-    "Test errors, clean and corrupted: `argmax_err_*` (logits), `knn{k}_err_*` (k-NN on embeddings)"
+def corruption_metrics(
+        model: torch.nn.Module, data, seed: int = 0,
+        corruptions: tuple | None = None,  # names in `CORRUPTIONS`; None: all
+        severities: tuple = SEVERITY_LEVELS,
+        knn_k: int = 10,                   # the k-NN classifier on the embeddings
+        batch_size: int = 512) -> dict:
+    """Test errors, clean and corrupted: `argmax_err_*` (logits), `knn{k}_err_*` (k-NN on
+    embeddings)"""
     from structloss.data import ArrayDataset
     from structloss.train import embed, knn_accuracy, _train_eval
     names = sorted(CORRUPTIONS) if corruptions is None else list(corruptions)
     bad = [n for n in names if n not in CORRUPTIONS]
-    if bad: raise ValueError(f"Unknown corruption(s) {bad}; choose from {sorted(CORRUPTIONS)}.")
+    if bad:
+        raise ValueError(f"Unknown corruption(s) {bad}; choose from "
+                         f"{sorted(CORRUPTIONS)}.")
     _, tr_z, tr_y = embed(model, _train_eval(data), None, batch_size)
     x, y = dataset_tensors(data.test, batch_size)
     out = {}
@@ -143,25 +172,32 @@ def corruption_metrics(model: torch.nn.Module, data, seed: int = 0,
 
 # %% ../nbs/25_robustness.ipynb #1274a9a8
 def corruption_errors(metrics: dict, classifier: str = "argmax") -> dict:
-    "`{'clean': E_clean, name: [E_s for each severity]}` read from one `corruption_metrics` dict."
+    """`{'clean': E_clean, name: [E_s for each severity]}` read from one
+    `corruption_metrics` dict."""
     prefix = f"{classifier}_err_"
     keys = [k for k in metrics if k.startswith(prefix)]
     if not keys:
         present = sorted({k.split("_err_")[0] for k in metrics if "_err_" in k})
-        raise ValueError(f"No `{prefix}*` entries; the classifiers present are {present}.")
+        raise ValueError(f"No `{prefix}*` entries; the classifiers present are "
+                         f"{present}.")
     out = {"clean": metrics[prefix + "clean"]}
     for k in keys:
         rest = k[len(prefix):]
         if rest == "clean": continue
         name, _, s = rest.rpartition("_s")
         out.setdefault(name, {})[int(s)] = metrics[k]
-    return {n: ([v[s] for s in sorted(v)] if isinstance(v, dict) else v) for n, v in out.items()}
+    return {
+        n: ([v[s] for s in sorted(v)] if isinstance(v, dict) else v)
+        for n, v in out.items()
+    }
 
-def mean_corruption_error(errors: dict, baseline: dict, min_degradation: float = 0.01) -> dict:
-    """Clean error, mCE and relative mCE (eqs. 1-2, x100: the baseline scores 100) of `errors`.
-    Warns when the baseline's total degradation on a corruption (the denominator of eq. 2,
-    summed over severities) is at most `min_degradation`: its relative CE is then unstable
-    or meaningless."""
+def mean_corruption_error(
+    errors: dict, baseline: dict, min_degradation: float = 0.01
+) -> dict:
+    """Clean error, mCE and relative mCE (eqs. 1-2, x100: the baseline scores 100) of
+    `errors`. Warns when the baseline's total degradation on a corruption (the denominator
+    of eq. 2, summed over severities) is at most `min_degradation`: its relative CE is
+    then unstable or meaningless."""
     names = [n for n in errors if n != "clean"]
     if sorted(names) != sorted(n for n in baseline if n != "clean"):
         other = sorted(n for n in baseline if n != "clean")
@@ -171,15 +207,22 @@ def mean_corruption_error(errors: dict, baseline: dict, min_degradation: float =
     for n in names:
         e, b = np.asarray(errors[n], float), np.asarray(baseline[n], float)
         ce[n] = 100 * e.sum() / b.sum()
-        den = float((b - baseline["clean"]).sum())           # the baseline's total degradation
+        # the baseline's total degradation
+        den = float((b - baseline["clean"]).sum())
         if den <= min_degradation:
             warnings.warn(f"The baseline's total degradation on {n!r} is {den:.4g} "
-                          f"(<= min_degradation={min_degradation:g}): its relative CE divides by "
-                          f"about zero or a negative number; read relative mCE with care or drop "
+                          f"(<= min_degradation={min_degradation:g}): its relative CE "
+                          "divides by "
+                          "about zero or a negative number; read relative mCE with care "
+                          "or drop "
                           f"{n!r}.", RuntimeWarning, stacklevel=2)
-        rel[n] = (100 * (e - errors["clean"]).sum() / den) if abs(den) > 1e-12 else math.nan
-    return {"clean_error": 100 * errors["clean"], "mCE": float(np.mean(list(ce.values()))),
-            "relative_mCE": float(np.mean(list(rel.values()))), "CE": ce, "relative_CE": rel}
+        rel[n] = (
+            (100 * (e - errors["clean"]).sum() / den) if abs(den) > 1e-12 else math.nan
+        )
+    return {"clean_error": 100 * errors["clean"],
+            "mCE": float(np.mean(list(ce.values()))),
+            "relative_mCE": float(np.mean(list(rel.values()))), "CE": ce,
+            "relative_CE": rel}
 
 # %% ../nbs/25_robustness.ipynb #a7e53ae5
 from .experiments import Experiment, register_experiment, register_suite
@@ -192,11 +235,14 @@ _DEMO = Experiment(
     seeds=(0, 1, 2), evaluation=_CORRUPTION_EXTRA,
     profiles={"smoke": {"dataset_kwargs": {"num_samples": 600}, "train": {"epochs": 1},
                         "seeds": (0,)},
-              "colab": {"dataset_kwargs": {"num_samples": 40_000}, "train": {"epochs": 40},
+              "colab": {"dataset_kwargs": {"num_samples": 40_000},
+                        "train": {"epochs": 40},
                         "seeds": (0, 1, 2, 3, 4)}},
     description="Cross-entropy on MNIST-1D, scored on the corruption suite.")
 register_experiment(_DEMO)
-register_experiment(_DEMO.derive("ce_aug_mnist1d_corrupt", dataset_kwargs={"augment": True},
-                                 description="The same with shift + noise training augmentation."))
+register_experiment(_DEMO.derive("ce_aug_mnist1d_corrupt",
+                                 dataset_kwargs={"augment": True},
+                                 description="The same with shift + noise training "
+                                             "augmentation."))
 register_suite("robustness_demo", ["ce_mnist1d_corrupt", "ce_aug_mnist1d_corrupt"],
                "Corruption suite on MNIST-1D: CE with and without training augmentation.")

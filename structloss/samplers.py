@@ -16,26 +16,34 @@ __all__ = ['ClassBalancedSampler']
 
 # %% ../nbs/21_samplers.ipynb #ccd2cee2
 class ClassBalancedSampler(Sampler):
-    "Batch sampler: `p` classes × `m` samples per batch; each epoch covers every sample at least once (see the rule)."
+    """Batch sampler: `p` classes × `m` samples per batch; each epoch covers every sample
+    at least once (see the rule)."""
     def __init__(self, labels, m: int = 4, # samples per class in a batch
                  p: int = 8, # classes per batch; batch size is p * m
                  seed: int = 0):
         self.labels = np.asarray(labels).reshape(-1)
-        if m < 1 or p < 1: raise ValueError(f"`m` and `p` must be >= 1; got m={m}, p={p}.")
+        if m < 1 or p < 1:
+            raise ValueError(f"`m` and `p` must be >= 1; got m={m}, p={p}.")
         self.classes, inverse = np.unique(self.labels, return_inverse=True)
         if len(self.classes) < p:
-            raise ValueError(f"`p`={p} classes per batch but the labels hold only {len(self.classes)} classes; "
+            raise ValueError(f"`p`={p} classes per batch but the labels hold only "
+                             f"{len(self.classes)} classes; "
                              f"lower `p` to at most {len(self.classes)}.")
         self.m, self.p, self.seed, self.epoch = m, p, seed, 0
-        self.class_indices = [np.flatnonzero(inverse == c) for c in range(len(self.classes))]
-        self.chunks_per_class = np.array([math.ceil(len(ix) / m) for ix in self.class_indices])
+        self.class_indices = [
+            np.flatnonzero(inverse == c) for c in range(len(self.classes))
+        ]
+        self.chunks_per_class = np.array(
+            [math.ceil(len(ix) / m) for ix in self.class_indices]
+        )
 
     @property
     def batch_size(self) -> int: return self.p * self.m
 
     def __len__(self) -> int:
         "Batches per epoch: enough for every chunk, one chunk per class per batch."
-        return max(int(self.chunks_per_class.max()), math.ceil(int(self.chunks_per_class.sum()) / self.p))
+        return max(int(self.chunks_per_class.max()),
+                   math.ceil(int(self.chunks_per_class.sum()) / self.p))
 
     def set_epoch(self, epoch: int) -> None:
         "Use the order of `epoch` next (iterating also advances the epoch by one)."
@@ -48,7 +56,8 @@ class ClassBalancedSampler(Sampler):
         return list(np.concatenate([perm, extra]).reshape(-1, self.m))
 
     def batches(self, epoch: int) -> list[list[int]]:
-        "The batches of `epoch`, as lists of dataset indices (deterministic given `seed` and `epoch`)."
+        """The batches of `epoch`, as lists of dataset indices (deterministic given `seed`
+        and `epoch`)."""
         rng = np.random.default_rng([self.seed, epoch])
         chunks = [self._chunks(rng, ix) for ix in self.class_indices]
         left = np.array([len(c) for c in chunks])
@@ -59,7 +68,8 @@ class ClassBalancedSampler(Sampler):
             batch = [chunks[c][len(chunks[c]) - left[c]] for c in chosen]
             left[chosen] -= 1
             others = np.setdiff1d(np.arange(len(self.classes)), chosen)
-            for c in rng.choice(others, self.p - len(chosen), replace=False):  # fill chunks
+            # fill chunks
+            for c in rng.choice(others, self.p - len(chosen), replace=False):
                 ix = self.class_indices[c]
                 batch.append(rng.choice(ix, self.m, replace=len(ix) < self.m))
             out.append([int(i) for i in np.concatenate(batch)])

@@ -16,8 +16,8 @@ from .geometry import (check_metric, class_counts, class_index, class_sums,
                                  euclidean_distances, safe_normalize)
 
 # %% auto #0
-__all__ = ['SOFT_MINS', 'TEMPERATURE_SCALES', 'REDUCTIONS', 'LOSS_FORMS', 'smooth_max', 'class_distances', 'distance_scale',
-           'soft_silhouette_samples', 'SoftSilhouetteLoss']
+__all__ = ['SOFT_MINS', 'TEMPERATURE_SCALES', 'SILHOUETTE_REDUCTIONS', 'LOSS_FORMS', 'smooth_max', 'class_distances',
+           'distance_scale', 'soft_silhouette_samples', 'SoftSilhouetteLoss']
 
 # %% ../nbs/10_silhouette.ipynb #bf085a4d
 def smooth_max(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -27,7 +27,7 @@ def smooth_max(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Te
 # %% ../nbs/10_silhouette.ipynb #096adeb7
 SOFT_MINS = ("logsumexp", "softmax")
 TEMPERATURE_SCALES = ("absolute", "relative")
-REDUCTIONS = ("mean", "sum", "none")
+SILHOUETTE_REDUCTIONS = ("mean", "sum", "none")
 
 def class_distances(z: torch.Tensor, # anchors [N, d]
                     ids: torch.Tensor, # their class ids in [0, C) [N]
@@ -177,7 +177,7 @@ class SoftSilhouetteLoss(EmbeddingLoss):
         self.loss_form, self.singletons = loss_form, singletons
         self.num_classes, self.active_tol = num_classes, active_tol
         self.temperature_scale = temperature_scale
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = check_choice("reduction", reduction, SILHOUETTE_REDUCTIONS)
 
     def scores(self, embeddings, labels, **ref):
         "`(s~, defined, singleton)`, each `[N]`, on checked inputs (singleton: no mate)."

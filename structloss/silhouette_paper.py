@@ -11,8 +11,10 @@ Docs: https://structloss.github.io/structloss/silhouette_paper.html.md"""
 from __future__ import annotations
 import numpy as np
 import torch
-from .data import (ArrayDataset, DataSplits, GaussianNoise, RandomShift, TensorCompose,
-                             digits_splits, mnist1d_splits, register_dataset, stratified_split)
+from .data import (ArrayDataset, DataSplits, GaussianNoise, RandomShift,
+                             TensorCompose,
+                             digits_splits, mnist1d_splits, register_dataset,
+                             stratified_split)
 from .core import by_profile
 from .experiments import Experiment, register_experiment, register_suite
 from .models import EmbeddingModel, build_encoder
@@ -28,14 +30,18 @@ __all__ = ['SETTINGS', 'PAPER_SETTINGS', 'METHODS', 'TABLE1', 'TABLE1_SUITE', 'T
 def _keep_per_class(labels, per_class: int, seed: int) -> np.ndarray:
     "Indices of at most `per_class` samples of each class, drawn with `seed`."
     rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    keep = [
+        rng.permutation(np.flatnonzero(labels == c))[:per_class]
+        for c in np.unique(labels)
+    ]
     return np.sort(np.concatenate(keep))
 
-def digits_few_splits(seed: int = 0,
-                      per_class: int = 15, # training samples kept per class
-                      val_per_class: int = 10, # validation samples kept per class
-                      noise: float = 0.15, # std of Gaussian noise added to every image (all splits)
-                      augment: bool = False) -> DataSplits:
+def digits_few_splits(
+        seed: int = 0,
+        per_class: int = 15, # training samples kept per class
+        val_per_class: int = 10, # validation samples kept per class
+        noise: float = 0.15, # std of Gaussian noise added to every image (all splits)
+        augment: bool = False) -> DataSplits:
     "scikit-learn digits, `per_class` training images per class, noise on every image."
     d = digits_splits(seed=seed)
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -49,36 +55,44 @@ def digits_few_splits(seed: int = 0,
     train_eval = ArrayDataset(train.x, train.targets)
     info = {"seed": seed, "per_class": per_class, "noise": noise, "augment": augment}
     val = part(d.val, _keep_per_class(np.asarray(d.val.targets), val_per_class, seed))
-    return DataSplits("digits_few", train, val, part(d.test), 10, (1, 8, 8), d.classes, info,
-                      train_eval)
+    return DataSplits("digits_few", train, val, part(d.test), 10, (1, 8, 8), d.classes,
+                      info, train_eval)
 
-def finegrained_splits(seed: int = 0,
-                       num_classes: int = 60, # C: fine classes
-                       groups: int = 12, # coarse groups; classes in a group share a prototype
-                       per_class: tuple = (20, 5, 20), # train, validation, test samples per class
-                       dim: int = 32, # input length
-                       class_spread: float = 0.6, # distance of a class centre from its prototype
-                       noise: float = 0.9, # within-class noise (std)
-                       data_seed: int = 0, # the classes (fixed); `seed` only splits
-                       augment: bool = False) -> DataSplits:
-    "Many fine classes in coarse groups, few samples each, warped by a fixed nonlinearity."
+def finegrained_splits(
+        seed: int = 0,
+        num_classes: int = 60, # C: fine classes
+        groups: int = 12, # coarse groups; classes in a group share a prototype
+        per_class: tuple = (20, 5, 20), # train, validation, test samples per class
+        dim: int = 32, # input length
+        class_spread: float = 0.6, # distance of a class centre from its prototype
+        noise: float = 0.9, # within-class noise (std)
+        data_seed: int = 0, # the classes (fixed); `seed` only splits
+        augment: bool = False) -> DataSplits:
+    """Many fine classes in coarse groups, few samples each, warped by a fixed
+    nonlinearity."""
     g = torch.Generator().manual_seed(data_seed)
-    protos = 2.0 * torch.randn(groups, dim, generator=g)                       # coarse groups
+    # coarse groups
+    protos = 2.0 * torch.randn(groups, dim, generator=g)
     offsets = class_spread * torch.randn(num_classes, dim, generator=g)
-    centres = protos[torch.arange(num_classes) % groups] + offsets             # fine classes
+    # fine classes
+    centres = protos[torch.arange(num_classes) % groups] + offsets
     W1 = torch.randn(dim, dim, generator=g) / dim ** 0.5
     W2 = torch.randn(dim, dim, generator=g) / dim ** 0.5
     n = sum(per_class)
     y = torch.arange(num_classes).repeat_interleave(n)
     h = centres[y] + noise * torch.randn(len(y), dim, generator=g)
-    x = (h + torch.tanh(h @ W1) @ W2)[:, None]                                 # a fixed smooth warp
+    # a fixed smooth warp
+    x = (h + torch.tanh(h @ W1) @ W2)[:, None]
     x = (x - x.mean()) / x.std()
     y = y.numpy()
     rest, val, test = stratified_split(y, (per_class[1] / n, per_class[2] / n), seed)
-    tf = GaussianNoise(0.3) if augment else None                               # features: no shifts
+    # features: no shifts
+    tf = GaussianNoise(0.3) if augment else None
     ds = lambda idx, t=None: ArrayDataset(x[idx], y[idx], t)
-    info = {"seed": seed, "num_classes": num_classes, "groups": groups, "augment": augment}
-    return DataSplits("finegrained", ds(rest, tf), ds(val), ds(test), num_classes, (1, dim),
+    info = {"seed": seed, "num_classes": num_classes, "groups": groups,
+            "augment": augment}
+    return DataSplits("finegrained", ds(rest, tf), ds(val), ds(test), num_classes,
+                      (1, dim),
                       [str(c) for c in range(num_classes)], info, ds(rest))
 
 register_dataset("digits_few", digits_few_splits, overwrite=True)
@@ -86,30 +100,39 @@ register_dataset("finegrained", finegrained_splits, overwrite=True)
 
 # %% ../nbs/30_silhouette_paper.ipynb #s0128652
 class ProbedModel(EmbeddingModel):
-    "`EmbeddingModel` whose classifier serves training only: in evaluation it gives `(None, z)`."
+    """`EmbeddingModel` whose classifier serves training only: in evaluation it gives
+    `(None, z)`."""
     def forward(self, x: torch.Tensor):
         logits, z = super().forward(x)
         return (logits if self.training else None), z
 
-def make_model(data: DataSplits, encoder: str = "mlp", embedding_dim: int = 64,
-               classifier: bool = True, # a linear classifier for the CE term (False without CE)
-               encoder_kwargs: dict | None = None, **kwargs) -> ProbedModel:
-    "The model of every run here; validation and test read the embeddings only (one rule for all)."
+def make_model(
+        data: DataSplits, encoder: str = "mlp", embedding_dim: int = 64,
+        classifier: bool = True, # a linear classifier for the CE term (False without CE)
+        encoder_kwargs: dict | None = None, **kwargs) -> ProbedModel:
+    """The model of every run here; validation and test read the embeddings only (one rule
+    for all)."""
     enc, dim = build_encoder(encoder, tuple(data.input_shape), **(encoder_kwargs or {}))
-    return ProbedModel(enc, dim, embedding_dim, data.num_classes if classifier else None, **kwargs)
+    num_classes = data.num_classes if classifier else None
+    return ProbedModel(enc, dim, embedding_dim, num_classes, **kwargs)
 
-def linear_probe(model, data: DataSplits, seed: int,
-                 steps: int | None = None, # full-batch Adam steps; None: 300 (smoke profile: 30)
-                 weight_decay: float = 1e-4) -> dict:
+def linear_probe(
+        model, data: DataSplits, seed: int,
+        steps: int | None = None, # full-batch Adam steps; None: 300 (smoke profile: 30)
+        weight_decay: float = 1e-4) -> dict:
     "Top-1 / top-5 of a linear softmax probe on the frozen training embeddings."
     steps = by_profile(smoke=30, cpu=300) if steps is None else steps
-    _, tr_z, tr_y = embed(model, data.train_eval if data.train_eval is not None else data.train)
+    _, tr_z, tr_y = embed(model,
+                          data.train_eval if data.train_eval is not None else data.train)
     _, te_z, te_y = embed(model, data.test)
     g = torch.Generator().manual_seed(seed)
-    W = (0.01 * torch.randn(tr_z.shape[1], data.num_classes, generator=g)).requires_grad_()
+    W = (
+        0.01 * torch.randn(tr_z.shape[1], data.num_classes, generator=g)
+    ).requires_grad_()
     bias = torch.zeros(data.num_classes, requires_grad=True)
     opt = torch.optim.Adam([W, bias], lr=0.05, weight_decay=weight_decay)
-    for _ in range(steps):                             # a convex problem: full batch, fixed steps
+    # a convex problem: full batch, fixed steps
+    for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(tr_z @ W + bias, tr_y).backward()
         opt.step()
@@ -125,18 +148,23 @@ _PROBE = {"extra": ["structloss.silhouette_paper.linear_probe"], "recall_k": (1,
 _TRAIN = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "scheduler": "cosine",
           "restore_best": False}
 
-# setting: (dataset, options, smoke options, encoder, epochs, sampler, what it stands in for); every
-# training set is augmented (AutoAugment for every method in the paper), every batch balanced
+# setting: (dataset, options, smoke options, encoder, epochs, sampler, what it stands in
+# for); every
+# training set is augmented (AutoAugment for every method in the paper), every batch
+# balanced
 SETTINGS = {
     "digits_few": ("digits_few", {}, {}, "mlp", 20, {"m": 4, "p": 10},
                    "few, noisy images per class (Flowers, Caltech-101)"),
     "mnist1d": ("mnist1d", {"num_samples": 1200}, {"num_samples": 400}, "mlp", 8,
                 {"m": 4, "p": 10}, "a 10-class set far from its ceiling (CIFAR-10)"),
-    "finegrained": ("finegrained", {"num_classes": 40, "groups": 8, "per_class": (15, 5, 20)},
+    "finegrained": ("finegrained",
+                    {"num_classes": 40, "groups": 8, "per_class": (15, 5, 20)},
                     {"num_classes": 12, "groups": 3}, "mlp", 10, {"m": 4, "p": 10},
-                    "many fine classes in coarse groups, 15 per class (Aircraft, Cars, CIFAR-100)"),
+                    "many fine classes in coarse groups, 15 per class (Aircraft, Cars, "
+                    "CIFAR-100)"),
 }
-# the paper's seven datasets (Table 1) for the colab profile: EfficientNet-B0, batch 256, 100 epochs
+# the paper's seven datasets (Table 1) for the colab profile: EfficientNet-B0, batch 256,
+# 100 epochs
 PAPER_SETTINGS = {"cifar10": 10, "cifar100": 100, "caltech101": 101, "fgvc_aircraft": 100,
                   "flowers102": 102, "caltech256": 257, "stanford_cars": 196}
 
@@ -153,7 +181,8 @@ METHODS = {
     "SupCon": ({"terms": {"supcon": _SUPCON}, "ce_weight": 0.0}, False),
     "SupCon2": ({"terms": {"supcon": _SUPCON}, "ce_weight": 0.0, "views": 2}, True),
     "CE+SupCon2": ({"terms": {"supcon": _SUPCON}, "views": 2}, True),
-    "CE+Sil+SupCon2": ({"terms": {"supcon": _SUPCON, "silhouette": _sil()}, "views": 2}, True),
+    "CE+Sil+SupCon2": ({"terms": {"supcon": _SUPCON, "silhouette": _sil()}, "views": 2},
+                       True),
     "Sil+SupCon2": ({"terms": {"supcon": _SUPCON, "silhouette": _sil()}, "ce_weight": 0.0,
                      "views": 2}, True),
     "ProxyNCA": ({"terms": {"proxy_nca": _PROXY}, "ce_weight": 0.0}, False),
@@ -184,23 +213,28 @@ def _paper_base(dataset: str) -> Experiment:
         model={"factory": _MODEL, "encoder": "efficientnet_b0", "embedding_dim": 128},
         train={**_TRAIN, "epochs": 100, "sampler": {"m": 8, "p": 32}, "amp": "auto"},
         seeds=(0, 1, 2, 3, 4), evaluation=_PROBE, profiles={"smoke": None, "cpu": None},
-        description=(f"Silhouette paper, Table 1 on {dataset}: EfficientNet-B0, AutoAugment, "
+        description=(f"Silhouette paper, Table 1 on {dataset}: EfficientNet-B0, "
+                     "AutoAugment, "
                      f"batch 256."))
 
-def method_experiment(base: Experiment, method: str, name: str, **overrides) -> Experiment:
+def method_experiment(
+    base: Experiment, method: str, name: str, **overrides
+) -> Experiment:
     "`base` trained with `method` of `METHODS` (two views where the method needs them)."
     objective, two_views = METHODS[method]
     train = {"views": 2} if two_views else {}
     model = {"classifier": objective.get("ce_weight", 1.0) > 0}
     over = {"objective": objective, "train": train, "model": model}
-    for k, v in overrides.items(): over[k] = {**over.get(k, {}), **v} if isinstance(v, dict) else v
+    for k, v in overrides.items():
+        over[k] = {**over.get(k, {}), **v} if isinstance(v, dict) else v
     return base.derive(name, description=f"{base.description} Method: {method}.", **over)
 
 TABLE1 = {}
 for _setting in SETTINGS:
     for _m in METHODS:
         TABLE1[_m, _setting] = register_experiment(
-            method_experiment(_base(_setting), _m, table1_name(_m, _setting)), overwrite=True)
+            method_experiment(_base(_setting), _m, table1_name(_m, _setting)),
+            overwrite=True)
 for _d in PAPER_SETTINGS:
     for _m in METHODS:
         TABLE1[_m, _d] = register_experiment(
@@ -212,24 +246,29 @@ TABLE1_COLAB_SUITE = register_suite("silhouette_table1_colab",
                [TABLE1[m, d].name for d in PAPER_SETTINGS for m in METHODS],
                "Silhouette paper, Table 1 on its seven datasets (colab).")
 
-# the temperature in units of the batch (chapter 10): CE+Sil with relative tau, beta everywhere
+# the temperature in units of the batch (chapter 10): CE+Sil with relative tau, beta
+# everywhere
 TEMPERATURE = {}
 for _setting in SETTINGS:
     TEMPERATURE[_setting] = register_experiment(method_experiment(
         _base(_setting), "CE+Sil", f"sil_ce_sil_relative_{_setting}",
-        objective={"terms": {"silhouette": _sil(temperature_scale="relative")}}), overwrite=True)
+        objective={"terms": {"silhouette": _sil(temperature_scale="relative")}}),
+                                                overwrite=True)
 TEMPERATURE_SUITE = register_suite(
     "silhouette_temperature", [e.name for e in TEMPERATURE.values()],
-    "CE+Sil with tau, beta relative to the batch's distance scale, in the three offline settings.")
+    "CE+Sil with tau, beta relative to the batch's distance scale, in the three offline "
+    "settings.")
 
-# the paper's future work: lambda, tau, beta, batch size (CE+Sil on digits_few; CE too for batches);
+# the paper's future work: lambda, tau, beta, batch size (CE+Sil on digits_few; CE too for
+# batches);
 # `temperature` alone sets beta = tau (softmin_temperature=None): the tau rows move both
 SENSITIVITY_SETTING = "digits_few"
 def _variant(name, method="CE+Sil", sil=None, train=None):
     over = {"objective": {"terms": {"silhouette": sil}}} if sil else {}
     if train: over["train"] = train
     return register_experiment(method_experiment(_base(SENSITIVITY_SETTING), method,
-                                                 f"sil_sens_{name}", **over), overwrite=True)
+                                                 f"sil_sens_{name}", **over),
+                               overwrite=True)
 
 SENSITIVITY = {("lambda", 1.0): TABLE1["CE+Sil", SENSITIVITY_SETTING],
                ("tau = beta", 0.1): TABLE1["CE+Sil", SENSITIVITY_SETTING],
@@ -248,26 +287,31 @@ for _method in ("CE+Sil", "CE"):
     SENSITIVITY[f"batch {_method}", 10 * _m0] = TABLE1[_method, SENSITIVITY_SETTING]
     for _mm in (2, 8):
         SENSITIVITY[f"batch {_method}", 10 * _mm] = _variant(
-            f"batch_{_slug(_method)}_m{_mm}", _method, train={"sampler": {"m": _mm, "p": 10}})
+            f"batch_{_slug(_method)}_m{_mm}", _method,
+            train={"sampler": {"m": _mm, "p": 10}})
 SENSITIVITY_SUITE = register_suite(
     "silhouette_sensitivity", sorted({e.name for e in SENSITIVITY.values()}),
     "The Silhouette paper's future work: lambda, tau, beta, batch size (digits_few).")
 
 # %% ../nbs/30_silhouette_paper.ipynb #s0205838
 def paired_verdict(a, b) -> dict:
-    "Per-seed `a`, `b` (same seeds, same order): mean and spread of `a - b`, and the verdict."
+    """Per-seed `a`, `b` (same seeds, same order): mean and spread of `a - b`, and the
+    verdict."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 1:
-        raise ValueError(f"`a` and `b` must be 1-D with the same length (one value per seed); "
+        raise ValueError("`a` and `b` must be 1-D with the same length (one value per "
+                         "seed); "
                          f"got shapes {a.shape} and {b.shape}.")
     d = a - b
     mean = float(d.mean())
-    sd = float(d.std(ddof=1)) if len(d) > 1 else float("inf")   # one seed: no spread, no verdict
+    # one seed: no spread, no verdict
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("inf")
     verdict = "A > B" if mean > sd else ("A < B" if mean < -sd else "no difference")
     return {"diff": mean, "spread": sd, "verdict": verdict}
 
 def best_verdict(candidate, competitors: dict) -> str:
-    "'reproduced' if `candidate` beats every competitor, 'not reproduced' if one beats it."
+    """'reproduced' if `candidate` beats every competitor, 'not reproduced' if one beats
+    it."""
     v = [paired_verdict(candidate, c)["verdict"] for c in competitors.values()]
     if "A < B" in v: return "not reproduced"
     return "reproduced" if all(x == "A > B" for x in v) else "inconclusive"

@@ -1,6 +1,7 @@
 """One training loop for every experiment in the book — any objective, class-balanced or shuffled batches,
-one or two views, early stopping, a per-epoch history, checkpoints — and the evaluation every chapter
-reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and the silhouette.
+one or two views, early stopping, a per-epoch history, checkpoints, several processes — and the
+evaluation every chapter reports: classifier accuracy, kNN and SVC accuracy on embeddings, Recall@K and
+the silhouette.
 
 Docs: https://structloss.github.io/structloss/train.html.md"""
 
@@ -12,19 +13,23 @@ import csv, json, math, os, random, sys, time
 from dataclasses import dataclass
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from .core import get_device, seed_everything
 from .data import DataSplits, TwoViewDataset, dataset_labels
+from .distributed import (ShardedClassBalancedSampler, all_gather_with_grad,
+                                    gather_sizes, rank_and_world_size)
 from .samplers import ClassBalancedSampler
 
 # %% auto #0
-__all__ = ['TrainConfig', 'embed', 'topk_accuracy', 'knn_accuracy', 'svc_accuracy', 'evaluate', 'TrainResult', 'train',
-           'save_history']
+__all__ = ['TrainConfig', 'embed', 'topk_accuracy', 'knn_accuracy', 'svc_accuracy', 'evaluate', 'shuffled_batches', 'TrainResult',
+           'TrainStep', 'train', 'save_history']
 
 # %% ../nbs/23_train.ipynb #9acecc8f
 @dataclass
 class TrainConfig:
     "Every number of a training run; checked when made."
+
     epochs: int = 10
     batch_size: int = 64
     sampler: dict | None = None  # {"m": samples per class, "p": classes per batch}
@@ -46,95 +51,177 @@ class TrainConfig:
     eval_batch_size: int = 512
     diagnostics: bool = False
     progress: bool = True
+    distributed: bool | str = "auto"  # DDP across the process group; "auto": when R > 1
 
     def __post_init__(self):
         def need(ok, msg):
-            if not ok: raise ValueError(f"TrainConfig: {msg}")
-        need(isinstance(self.epochs, int) and self.epochs >= 1, f"`epochs` must be an int >= 1; got {self.epochs!r}.")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 2, f"`batch_size` must be an int >= 2; got {self.batch_size!r}.")
-        need(self.optimizer in ("adam", "adamw", "sgd"), f"`optimizer` must be 'adam', 'adamw' or 'sgd'; got {self.optimizer!r}.")
-        need(self.scheduler in ("cosine", "plateau", None),
-             f"`scheduler` must be 'cosine', 'plateau' or None; got {self.scheduler!r}.")
-        need(isinstance(self.plateau_factor, (int, float)) and 0 < self.plateau_factor < 1,
-             f"`plateau_factor` must lie in (0, 1) (0.2 divides the rate by 5); "
-             f"got {self.plateau_factor!r}.")
-        need(isinstance(self.plateau_patience, int) and self.plateau_patience >= 0,
-             f"`plateau_patience` must be an int >= 0; got {self.plateau_patience!r}.")
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        def is_int(v, lo):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+        need(
+            is_int(self.epochs, 1), f"`epochs` must be an int >= 1; got {self.epochs!r}."
+        )
+        need(
+            is_int(self.batch_size, 2),
+            f"`batch_size` must be an int >= 2; got {self.batch_size!r}.",
+        )
+        need(
+            self.optimizer in ("adam", "adamw", "sgd"),
+            f"`optimizer` must be 'adam', 'adamw' or 'sgd'; got {self.optimizer!r}.",
+        )
+        need(
+            self.scheduler in ("cosine", "plateau", None),
+            f"`scheduler` must be 'cosine', 'plateau' or None; got {self.scheduler!r}.",
+        )
+        need(
+            isinstance(self.plateau_factor, (int, float)) and 0 < self.plateau_factor < 1,
+            f"`plateau_factor` must lie in (0, 1) (0.2 divides the rate by 5); "
+            f"got {self.plateau_factor!r}.",
+        )
+        need(
+            is_int(self.plateau_patience, 0),
+            f"`plateau_patience` must be an int >= 0; got {self.plateau_patience!r}.",
+        )
         need(self.lr > 0, f"`lr` must be > 0; got {self.lr!r}.")
-        need(self.weight_decay >= 0, f"`weight_decay` must be >= 0; got {self.weight_decay!r}.")
-        need(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
-             f"`patience` must be None or an int >= 1; got {self.patience!r}.")
-        need(isinstance(self.views, int) and self.views >= 1, f"`views` must be an int >= 1; got {self.views!r}.")
-        need(self.amp in (True, False, "auto"), f"`amp` must be True, False or 'auto'; got {self.amp!r}.")
+        need(
+            self.weight_decay >= 0,
+            f"`weight_decay` must be >= 0; got {self.weight_decay!r}.",
+        )
+        need(
+            self.patience is None or is_int(self.patience, 1),
+            f"`patience` must be None or an int >= 1; got {self.patience!r}.",
+        )
+        need(is_int(self.views, 1), f"`views` must be an int >= 1; got {self.views!r}.")
+        need(
+            self.amp in (True, False, "auto"),
+            f"`amp` must be True, False or 'auto'; got {self.amp!r}.",
+        )
+        need(
+            self.distributed in (True, False, "auto"),
+            f"`distributed` must be True, False or 'auto'; got {self.distributed!r}.",
+        )
         if self.sampler is not None:
-            need(isinstance(self.sampler, dict) and set(self.sampler) <= {"m", "p"} and {"m", "p"} <= set(self.sampler),
-                 f"`sampler` must be a dict {{'m': samples per class, 'p': classes per batch}}; got {self.sampler!r}.")
+            need(
+                isinstance(self.sampler, dict) and set(self.sampler) == {"m", "p"},
+                f"`sampler` must be a dict {{'m': per class, 'p': classes}}; "
+                f"got {self.sampler!r}.",
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         "A config from a dict, naming unknown keys."
         unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown: raise ValueError(f"TrainConfig: unknown option(s) {sorted(unknown)}; valid are {sorted(cls.__dataclass_fields__)}.")
+        if unknown:
+            raise ValueError(
+                f"TrainConfig: unknown option(s) {sorted(unknown)}; "
+                f"valid are {sorted(cls.__dataclass_fields__)}."
+            )
         return cls(**d)
 
 # %% ../nbs/23_train.ipynb #be084252
 def _forward_views(model, x, views: int = 1):
-    "Run `model` on `x` of shape [N, ...] or, with `views` > 1, [N, V, ...]: logits [N, (V,) C], embeddings [N, (V,) d]."
+    "`model` on `x` [N, ...] or, with `views` > 1, [N, V, ...]: `(logits, z)`."
     if views > 1:
         N, V = x.shape[:2]
         logits, z = model(x.flatten(0, 1))
         return (None if logits is None else logits.view(N, V, -1)), z.view(N, V, -1)
     return model(x)
 
+
 @torch.no_grad()
-def embed(model: torch.nn.Module, dataset, device=None, batch_size: int = 512, num_workers: int = 0):
-    "`(logits or None, embeddings, labels)` of every sample of `dataset`, on the CPU, in evaluation mode."
+def embed(
+    model: torch.nn.Module,
+    dataset,
+    device=None,
+    batch_size: int = 512,
+    num_workers: int = 0,
+):
+    "`(logits or None, embeddings, labels)` of all of `dataset` on the CPU (eval mode)."
     device = next(model.parameters()).device if device is None else torch.device(device)
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     logits, embs, labels = [], [], []
     try:
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers
+        )
+        for x, y in loader:
             lg, z = model(x.to(device))
-            embs.append(z.float().cpu()); labels.append(y)
-            if lg is not None: logits.append(lg.float().cpu())
-    finally: model.train(was_training)
-    return (torch.cat(logits) if logits else None), torch.cat(embs), torch.cat(labels).long()
+            embs.append(z.float().cpu())
+            labels.append(y)
+            if lg is not None:
+                logits.append(lg.float().cpu())
+    finally:
+        model.train(was_training)
+    return (
+        (torch.cat(logits) if logits else None),
+        torch.cat(embs),
+        torch.cat(labels).long(),
+    )
 
 # %% ../nbs/23_train.ipynb #1fc2bbcf
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     "Fraction of rows whose label is among the `k` largest logits."
     k = min(k, logits.shape[1])
-    return float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean())
+    return float(
+        (logits.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean()
+    )
 
-def knn_accuracy(train_emb, train_labels, test_emb, test_labels, k: int = 1, metric: str = "cosine") -> float:
-    "Accuracy of a `k`-nearest-neighbour classifier fitted on the training embeddings (scikit-learn)."
+
+def knn_accuracy(
+    train_emb, train_labels, test_emb, test_labels, k: int = 1, metric: str = "cosine"
+) -> float:
+    "Accuracy of a `k`-nearest-neighbour classifier on training embeddings (sklearn)."
     from sklearn.neighbors import KNeighborsClassifier
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_labels)), metric=metric, algorithm="brute")
+
+    knn = KNeighborsClassifier(
+        n_neighbors=min(k, len(train_labels)), metric=metric, algorithm="brute"
+    )
     knn.fit(train_emb.numpy(), train_labels.numpy())
     return float(knn.score(test_emb.numpy(), test_labels.numpy()))
 
-def svc_accuracy(train_emb, train_labels, test_emb, test_labels, max_train: int = 5000, seed: int = 0) -> float:
-    "Accuracy of an RBF-kernel SVC (scikit-learn defaults) fitted on at most `max_train` training embeddings."
+
+def svc_accuracy(
+    train_emb, train_labels, test_emb, test_labels, max_train: int = 5000, seed: int = 0
+) -> float:
+    "Accuracy of an RBF-kernel SVC (scikit-learn defaults) on <= `max_train` embeddings."
     from sklearn.svm import SVC
+
     idx = np.arange(len(train_labels))
     if len(idx) > max_train:
         from sklearn.model_selection import train_test_split
-        idx, _ = train_test_split(idx, train_size=max_train, stratify=train_labels.numpy(), random_state=seed)
+
+        idx, _ = train_test_split(
+            idx, train_size=max_train, stratify=train_labels.numpy(), random_state=seed
+        )
     svc = SVC(kernel="rbf").fit(train_emb[idx].numpy(), train_labels[idx].numpy())
     return float(svc.score(test_emb.numpy(), test_labels.numpy()))
 
 # %% ../nbs/23_train.ipynb #00edf174
-def evaluate(model: torch.nn.Module, data: DataSplits, split: str = "test", device=None, batch_size: int = 512,
-             recall_k: tuple = (1, 2, 4, 8), svc_max_train: int = 5000) -> dict:
-    "Top-1/5, 1-NN/10-NN, RBF-SVC, Recall@K and silhouette on `split` (embeddings fitted on `data.train`)."
+def evaluate(
+    model: torch.nn.Module,
+    data: DataSplits,
+    split: str = "test",
+    device=None,
+    batch_size: int = 512,
+    recall_k: tuple = (1, 2, 4, 8),
+    svc_max_train: int = 5000,
+) -> dict:
+    "Top-1/5, 1-/10-NN, RBF-SVC, Recall@K, silhouette on `split` (fit on `data.train`)."
     from structloss.metrics import recall_at_k, silhouette_score
-    if split not in ("val", "test"): raise ValueError(f"`split` must be 'val' or 'test'; got {split!r}.")
+
+    if split not in ("val", "test"):
+        raise ValueError(f"`split` must be 'val' or 'test'; got {split!r}.")
     _, tr_z, tr_y = embed(model, _train_eval(data), device, batch_size)
     logits, z, y = embed(model, getattr(data, split), device, batch_size)
     out = {}
     if logits is not None:
         out["top1"] = topk_accuracy(logits, y, 1)
-        if logits.shape[1] >= 5: out["top5"] = topk_accuracy(logits, y, 5)
+        if logits.shape[1] >= 5:
+            out["top5"] = topk_accuracy(logits, y, 5)
     out["knn1"] = knn_accuracy(tr_z, tr_y, z, y, 1)
     out["knn10"] = knn_accuracy(tr_z, tr_y, z, y, 10)
     out["svc"] = svc_accuracy(tr_z, tr_y, z, y, svc_max_train)
@@ -142,167 +229,368 @@ def evaluate(model: torch.nn.Module, data: DataSplits, split: str = "test", devi
     out["silhouette"] = float(silhouette_score(z, y))
     return out
 
+
 def _train_eval(data: DataSplits):
-    "The training samples without augmentation (`data.train_eval`), for fitting kNN and SVC."
+    "The training samples without augmentation (`data.train_eval`), to fit kNN and SVC."
     return data.train if data.train_eval is None else data.train_eval
 
 # %% ../nbs/23_train.ipynb #2fc32dc2
 def _make_optimizer(params, cfg: TrainConfig):
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-def _train_loader(dataset, cfg: TrainConfig, seed: int, epoch: int):
-    "The batches of `epoch`: class-balanced or shuffled, determined by `seed` and `epoch` alone."
+
+def shuffled_batches(
+    n: int, batch_size: int, generator: torch.Generator, drop_last: bool
+) -> list[list[int]]:
+    "The batches of `DataLoader(shuffle=True, generator=g)`: a `randperm`, chunked."
+    # the loader's base seed
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    perm = torch.randperm(n, generator=generator).tolist()
+    stop = n - n % batch_size if drop_last else n
+    return [perm[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def _shard(batch: list, rank: int, world: int) -> list:
+    "Rank `rank`'s contiguous share of a global batch (sizes differ by at most one)."
+    q, r = divmod(len(batch), world)
+    start = rank * q + min(rank, r)
+    return batch[start : start + q + (rank < r)]
+
+
+def _train_loader(
+    dataset, cfg: TrainConfig, seed: int, epoch: int, rank: int = 0, world: int = 1
+):
+    "This rank's part of the batches of `epoch`: determined by `seed` and `epoch` alone."
     if cfg.sampler is not None:
-        sampler = ClassBalancedSampler(dataset_labels(dataset), cfg.sampler["m"], cfg.sampler["p"], seed=seed)
+        labels, (m, p) = dataset_labels(dataset), (cfg.sampler["m"], cfg.sampler["p"])
+        sampler = (
+            ClassBalancedSampler(labels, m, p, seed=seed)
+            if world == 1
+            else ShardedClassBalancedSampler(
+                labels, m, p, seed, world, rank, mode="split"
+            )
+        )
         sampler.set_epoch(epoch)
         return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers)
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=len(dataset) > cfg.batch_size,
-                      num_workers=cfg.num_workers)
+    drop = len(dataset) > cfg.batch_size
+    if world == 1:
+        return DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=g,
+            drop_last=drop,
+            num_workers=cfg.num_workers,
+        )
+    batches = shuffled_batches(len(dataset), cfg.batch_size, g, drop)
+    return DataLoader(
+        dataset,
+        batch_sampler=[_shard(b, rank, world) for b in batches],
+        num_workers=cfg.num_workers,
+    )
+
 
 def _rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
 
 def _set_rng_state(s):
-    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 # %% ../nbs/23_train.ipynb #ac5e9aa2
 @dataclass
 class TrainResult:
-    "What `train` returns: the model (best weights restored), its per-epoch history, and where it stopped."
+    "What `train` returns: the model (best weights restored), history, where it stopped."
+
     model: torch.nn.Module
     history: list
     best_epoch: int
     best_val_acc: float
     stopped_early: bool = False
 
+
 def _val_accuracy(model, data, device, batch_size):
     logits, z, y = embed(model, data.val, device, batch_size)
-    if logits is not None: return topk_accuracy(logits, y, 1), z, y
+    if logits is not None:
+        return topk_accuracy(logits, y, 1), z, y
     _, tr_z, tr_y = embed(model, _train_eval(data), device, batch_size)
     return knn_accuracy(tr_z, tr_y, z, y, 1), z, y
 
+
 def _nonfinite(value, epoch, cfg):
-    raise FloatingPointError(f"The training loss became {float(value.detach()) if isinstance(value, torch.Tensor) else value} in epoch {epoch}; lower `lr` (now {cfg.lr}), "
-                             f"check the objective's weights, or switch off `amp`.")
+    value = float(value.detach()) if isinstance(value, torch.Tensor) else value
+    raise FloatingPointError(
+        f"The training loss became {value} in epoch {epoch}; lower `lr` "
+        f"(now {cfg.lr}), check the objective's weights, or switch off `amp`."
+    )
+
 
 def _diagnostics(z, y) -> dict:
-    from structloss.metrics import silhouette_score, intra_class_variance, inter_class_separation
-    return {"val_silhouette": float(silhouette_score(z, y)), "val_intra_var": float(intra_class_variance(z, y)),
-            "val_inter_dist": float(inter_class_separation(z, y)["mean"])}
+    from structloss.metrics import (
+        silhouette_score,
+        intra_class_variance,
+        inter_class_separation,
+    )
+
+    return {
+        "val_silhouette": float(silhouette_score(z, y)),
+        "val_intra_var": float(intra_class_variance(z, y)),
+        "val_inter_dist": float(inter_class_separation(z, y)["mean"]),
+    }
+
+
+class TrainStep(torch.nn.Module):
+    "Model and objective in one module, for DDP: the objective sees the global batch."
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: torch.nn.Module,
+        views: int = 1,
+        amp: bool = False,
+        amp_dtype: torch.dtype = torch.bfloat16,
+    ):
+        super().__init__()
+        self.model, self.objective = model, objective
+        self.views, self.amp, self.amp_dtype = views, amp, amp_dtype
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        "`(total, terms, logits, labels)`; logits and labels of the global batch."
+        with torch.autocast(x.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits, z = _forward_views(self.model, x, self.views)
+        logits, z = (None if logits is None else logits.float()), z.float()
+        # rows of every rank, in rank order, with gradients
+        if rank_and_world_size()[1] > 1:
+            sizes = gather_sizes(len(y), y.device)
+            z, y = all_gather_with_grad(z, sizes), all_gather_with_grad(y, sizes)
+            if logits is not None:
+                logits = all_gather_with_grad(logits, sizes)
+        total, terms = self.objective(logits, z, y)
+        return total, terms, logits, y
 
 # %% ../nbs/23_train.ipynb #e6655fbc
-def train(model: torch.nn.Module, objective: torch.nn.Module, data: DataSplits, config: TrainConfig | None = None,
-          seed: int = 0, out_dir: str | None = None, # checkpoint.pt, history.json/.csv go here
-          resume: bool = False, # continue from out_dir/checkpoint.pt if it exists
-          callbacks: tuple = (), # each called as cb(record, model) after every epoch (and its checkpoint)
-         ) -> TrainResult:
-    "Train `model` on `data.train` with `objective`; validate on `data.val` each epoch (see the steps above)."
+def _use_ddp(cfg: TrainConfig) -> bool:
+    "DDP when asked, or ('auto') when a process group of more than one rank exists."
+    world = rank_and_world_size()[1]
+    if cfg.distributed is True and world == 1:
+        raise ValueError(
+            "`distributed=True` needs an initialised process group: launch with "
+            "torchrun and call torch.distributed.init_process_group first."
+        )
+    return cfg.distributed is not False and world > 1
+
+
+def _broadcast(obj, rank: int):
+    "`obj` of rank 0 on every rank (a pickled Python object)."
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def train(
+    model: torch.nn.Module,
+    objective: torch.nn.Module,
+    data: DataSplits,
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    out_dir: str | None = None,  # checkpoint.pt, history.json/.csv go here (rank 0)
+    resume: bool = False,  # continue from out_dir/checkpoint.pt if it exists
+    callbacks: tuple = (),  # cb(record, model) after every epoch, on every rank
+) -> TrainResult:
+    "Train `model` on `data.train` with `objective`; validate on `data.val` every epoch."
     cfg = config or TrainConfig()
     if not callable(getattr(objective, "set_epoch", None)):
-        raise TypeError(f"`objective` must have `set_epoch(epoch, num_epochs)` and return `(total, terms)`, like "
-                        f"structloss.objectives.Objective; got {type(objective).__name__}.")
+        raise TypeError(
+            f"`objective` must have `set_epoch(epoch, num_epochs)` and return "
+            f"`(total, terms)`, like structloss.objectives.Objective; "
+            f"got {type(objective).__name__}."
+        )
+    ddp = _use_ddp(cfg)
+    rank, world = rank_and_world_size() if ddp else (0, 1)
     device = get_device(cfg.device)
+    if ddp and device.type == "cuda" and device.index is None:  # one GPU per rank
+        device = torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        )
     amp = device.type == "cuda" if cfg.amp == "auto" else bool(cfg.amp)
-    # bfloat16 where supported (no loss scaling needed); float16 with a GradScaler on older GPUs and MPS
-    bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    # bfloat16 where supported (no loss scaling); float16 with a GradScaler elsewhere
+    bf16 = device.type == "cpu" or (
+        device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
     amp_dtype = torch.bfloat16 if bf16 else torch.float16
     seed_everything(seed)
     train_set = data.train
     if cfg.views > 1:
-        if not data.info.get("augment"):                  # every loader records its augmentation
-            raise ValueError(f"`views={cfg.views}` needs an augmenting training set (all views would be identical); "
-                             f"load the data with augment=True.")
+        # every loader records its augmentation
+        if not data.info.get("augment"):
+            raise ValueError(
+                f"`views={cfg.views}` needs an augmenting training set (all views "
+                f"would be identical); load the data with augment=True."
+            )
         train_set = TwoViewDataset(train_set, cfg.views)
-    if cfg.sampler is not None:  # fail now, not at the first batch
-        ClassBalancedSampler(dataset_labels(train_set), cfg.sampler["m"], cfg.sampler["p"], seed=seed)
-    model.to(device); objective.to(device)
-    params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
+    # fail now, not at the first batch
+    _train_loader(train_set, cfg, seed, 0, rank, world)
+    model.to(device)
+    objective.to(device)
+    step = TrainStep(model, objective, cfg.views, amp, amp_dtype)
+    # parameters start from rank 0's; unused ones: a term of weight 0, an unread head
+    if ddp:
+        ids = None if device.type == "cpu" else [device.index]
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=ids, find_unused_parameters=True
+        )
+    params = [p for p in step.parameters() if p.requires_grad]
     opt = _make_optimizer(params, cfg)
     sched = None
     if cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     elif cfg.scheduler == "plateau":  # on validation accuracy, once per epoch
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     history, start, best = [], 0, {"val_acc": -1.0, "epoch": -1, "state": None, "bad": 0}
     ckpt = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
     if resume and ckpt and os.path.exists(ckpt):
         s = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(s["model"]); objective.load_state_dict(s["objective"]); opt.load_state_dict(s["optimizer"])
-        if sched is not None and s["scheduler"] is not None: sched.load_state_dict(s["scheduler"])
-        scaler.load_state_dict(s["scaler"]); history, best, start = s["history"], s["best"], s["epoch"] + 1
+        model.load_state_dict(s["model"])
+        objective.load_state_dict(s["objective"])
+        opt.load_state_dict(s["optimizer"])
+        if sched is not None and s["scheduler"] is not None:
+            sched.load_state_dict(s["scheduler"])
+        scaler.load_state_dict(s["scaler"])
+        history, best, start = s["history"], s["best"], s["epoch"] + 1
         _set_rng_state(s["rng"])
     stopped = False
     bar = None
-    if cfg.progress:
+    if cfg.progress and rank == 0:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.epochs, initial=start, desc=f"seed {seed}", file=sys.stderr, leave=False)
+
+        bar = tqdm(
+            total=cfg.epochs,
+            initial=start,
+            desc=f"seed {seed}",
+            file=sys.stderr,
+            leave=False,
+        )
     for epoch in range(start, cfg.epochs):
-        if cfg.patience is not None and best["bad"] >= cfg.patience: stopped = True; break  # early stopping
+        if cfg.patience is not None and best["bad"] >= cfg.patience:  # early stopping
+            stopped = True
+            break
         t0 = time.perf_counter()
         objective.set_epoch(epoch, cfg.epochs)
-        model.train(); objective.train()
+        step.train()
         sums, n_seen, correct, has_logits = {}, 0, 0.0, False
-        for x, y in _train_loader(train_set, cfg, seed, epoch):
+        for x, y in _train_loader(train_set, cfg, seed, epoch, rank, world):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                logits, z = _forward_views(model, x, cfg.views)
-            total, terms = objective(None if logits is None else logits.float(), z.float(), y)
-            if device.type == "cpu" and not torch.isfinite(total):  # free on CPU; GPUs check once per epoch
+            total, terms, logits, y = step(x, y)  # y: the labels of the global batch
+            if device.type == "cpu" and not torch.isfinite(total):  # GPUs: once per epoch
                 _nonfinite(total, epoch, cfg)
             opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if cfg.grad_clip is not None:
-                scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt); scaler.update()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
             b = len(y)
-            for k, v in terms.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() * b  # stays on the device
+            for k, v in terms.items():  # stays on the device
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * b
             n_seen += b
             if logits is not None:
                 has_logits = True
                 flat = logits.detach().reshape(-1, logits.shape[-1])
-                correct = correct + (flat.argmax(1) == y.repeat_interleave(flat.shape[0] // b)).float().mean() * b
-        sums = {k: float(v) / n_seen for k, v in sums.items()}  # one synchronisation per epoch
-        if not math.isfinite(sums.get("total", 0.0)): _nonfinite(sums["total"], epoch, cfg)
+                hits = flat.argmax(1) == y.repeat_interleave(flat.shape[0] // b)
+                correct = correct + hits.float().mean() * b
+        # one synchronisation per epoch
+        sums = {k: float(v) / n_seen for k, v in sums.items()}
+        if not math.isfinite(sums.get("total", 0.0)):
+            _nonfinite(sums["total"], epoch, cfg)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in sums.items()}}
-        if has_logits: record["train_acc"] = float(correct) / n_seen
-        val_acc, vz, vy = _val_accuracy(model, data, device, cfg.eval_batch_size)
-        record["val_acc"] = val_acc
-        if cfg.diagnostics: record.update(_diagnostics(vz, vy))
+        if has_logits:
+            record["train_acc"] = float(correct) / n_seen
+        val = None
+        if rank == 0:  # every rank holds the same weights
+            val_acc, vz, vy = _val_accuracy(model, data, device, cfg.eval_batch_size)
+            val = {
+                "val_acc": val_acc,
+                **(_diagnostics(vz, vy) if cfg.diagnostics else {}),
+            }
+        record.update(_broadcast(val, rank) if ddp else val)
+        val_acc = record["val_acc"]
         record["lr"] = opt.param_groups[0]["lr"]
-        if sched is not None: sched.step(val_acc) if cfg.scheduler == "plateau" else sched.step()
+        if sched is not None:
+            sched.step(val_acc) if cfg.scheduler == "plateau" else sched.step()
         record["time_s"] = time.perf_counter() - t0
         history.append(record)
         if val_acc > best["val_acc"] + cfg.min_delta:
-            best.update(val_acc=val_acc, epoch=epoch, bad=0,
-                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        else: best["bad"] += 1
-        if ckpt:
+            best.update(
+                val_acc=val_acc,
+                epoch=epoch,
+                bad=0,
+                state={k: v.detach().clone() for k, v in model.state_dict().items()},
+            )
+        else:
+            best["bad"] += 1
+        if ckpt and rank == 0:
             os.makedirs(out_dir, exist_ok=True)
-            torch.save({"model": model.state_dict(), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": None if sched is None else sched.state_dict(), "scaler": scaler.state_dict(),
-                        "epoch": epoch, "history": history, "best": best, "rng": _rng_state(), "seed": seed}, ckpt + ".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "objective": objective.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "scheduler": None if sched is None else sched.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best": best,
+                    "rng": _rng_state(),
+                    "seed": seed,
+                },
+                ckpt + ".tmp",
+            )
             os.replace(ckpt + ".tmp", ckpt)
             save_history(history, out_dir)
-        for cb in callbacks: cb(record, model)
+        # the checkpoint exists for every rank
+        if ddp and ckpt:
+            dist.barrier()
+        for cb in callbacks:
+            cb(record, model)
         if bar is not None:
-            bar.update(1); bar.set_postfix(loss=f"{record.get('train_total', float('nan')):.3f}", val_acc=f"{val_acc:.3f}")
-    if bar is not None: bar.close()
-    if cfg.restore_best and best["state"] is not None: model.load_state_dict(best["state"])
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{record.get('train_total', float('nan')):.3f}",
+                val_acc=f"{val_acc:.3f}",
+            )
+    if bar is not None:
+        bar.close()
+    if cfg.restore_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
     return TrainResult(model, history, best["epoch"], best["val_acc"], stopped)
 
 # %% ../nbs/23_train.ipynb #bbe269dd
 def save_history(history: list, out_dir: str, name: str = "history") -> None:
     "Write `history` to `out_dir/name.json` and `out_dir/name.csv`."
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f: json.dump(history, f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(history, f, indent=1)
     keys = list(dict.fromkeys(k for r in history for k in r))
     with open(os.path.join(out_dir, f"{name}.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys); w.writeheader(); w.writerows(history)
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)

@@ -26,19 +26,22 @@ __all__ = ['VG_LOSSES', 'VG_BASE', 'VG_EXPERIMENTS', 'VG_EASY', 'VG_FOLLOWUPS', 
            'settling_epoch', 'history_scalars', 'clear_sign', 'claim_verdict']
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #b4caf85d
-def make_world(data_seed: int = 0,         # the world: class centres, sub-modes and renderer
-               num_super: int = 12,        # S superclasses ("birds", "cars", ...)
-               per_super: int = 30,        # fine classes per superclass; C = S * per_super
-               k_sem: int = 16,            # semantic latent dimensions
-               k_nuis: int = 8,            # nuisance dimensions (pose, light), class-independent
-               dim: int = 64,              # input dimension D
-               super_scale: float = 1.0,   # spread of the superclass centres m_s
-               fine_scale: float = 0.45,   # spread of the offsets delta_c: small = fine-grained
-               mode_scale: float = 0.5,    # scale of nu_c, half the distance between sub-modes
-               noise: float = 0.5,         # sigma in eq. 1
-              ) -> dict:
-    "The parameters of a generated fine-grained world (eq. 1): centres, sub-modes, renderer."
-    sizes = (("num_super", num_super), ("per_super", per_super), ("k_sem", k_sem), ("dim", dim))
+def make_world(
+        data_seed: int = 0,         # the world: class centres, sub-modes and renderer
+        num_super: int = 12,        # S superclasses ("birds", "cars", ...)
+        per_super: int = 30,        # fine classes per superclass; C = S * per_super
+        k_sem: int = 16,            # semantic latent dimensions
+        k_nuis: int = 8,            # nuisance dimensions (pose, light), class-independent
+        dim: int = 64,              # input dimension D
+        super_scale: float = 1.0,   # spread of the superclass centres m_s
+        fine_scale: float = 0.45,   # spread of the offsets delta_c: small = fine-grained
+        mode_scale: float = 0.5,    # scale of nu_c, half the distance between sub-modes
+        noise: float = 0.5,         # sigma in eq. 1
+        ) -> dict:
+    """The parameters of a generated fine-grained world (eq. 1): centres, sub-modes,
+    renderer."""
+    sizes = (("num_super", num_super), ("per_super", per_super), ("k_sem", k_sem),
+             ("dim", dim))
     for name, v in sizes:
         if not (isinstance(v, int) and v >= 1):
             raise ValueError(f"`{name}` must be an int >= 1; got {v!r}.")
@@ -48,41 +51,55 @@ def make_world(data_seed: int = 0,         # the world: class centres, sub-modes
     delta = torch.randn(C, k_sem, generator=g) * fine_scale                       # (C, k)
     mu = m.repeat_interleave(per_super, 0) + delta                                # (C, k)
     nu = torch.randn(C, k_sem, generator=g) * mode_scale                          # (C, k)
-    A = torch.randn(k_sem + k_nuis, dim, generator=g) / math.sqrt(k_sem + k_nuis)  # renderer
+    # renderer
+    A = torch.randn(k_sem + k_nuis, dim, generator=g) / math.sqrt(k_sem + k_nuis)
     B = torch.randn(dim, dim, generator=g) / math.sqrt(dim)
-    order = torch.randperm(C, generator=g)     # class ids shuffled: every pool mixes superclasses
+    # class ids shuffled: every pool mixes superclasses
+    order = torch.randperm(C, generator=g)
     superclass = torch.arange(num_super).repeat_interleave(per_super)
-    return {"mu": mu[order], "modes": nu[order], "superclass": superclass[order], "A": A, "B": B,
+    return {"mu": mu[order], "modes": nu[order], "superclass": superclass[order], "A": A,
+            "B": B,
             "k_nuis": k_nuis, "noise": noise, "num_classes": C}
 
 def sample_world(world: dict, classes, per_class: int, generator: torch.Generator):
-    "`per_class` inputs `x` (N, D) of each class in `classes` (eq. 1), and their class ids (N,)."
-    c = torch.as_tensor(list(classes), dtype=torch.long).repeat_interleave(per_class)  # (N,)
-    pose = torch.rand(len(c), 1, generator=generator) < 0.5                          # sub-mode
-    s = world["mu"][c] + torch.where(pose, 1.0, -1.0) * world["modes"][c]            # (N, k)
+    """`per_class` inputs `x` (N, D) of each class in `classes` (eq. 1), and their class
+    ids (N,)."""
+    # (N,)
+    c = torch.as_tensor(list(classes), dtype=torch.long).repeat_interleave(per_class)
+    # sub-mode
+    pose = torch.rand(len(c), 1, generator=generator) < 0.5
+    # (N, k)
+    s = world["mu"][c] + torch.where(pose, 1.0, -1.0) * world["modes"][c]
     s = s + world["noise"] * torch.randn(s.shape, generator=generator)
-    u = torch.randn(len(c), world["k_nuis"], generator=generator)                    # nuisance
-    h = torch.tanh(1.5 * torch.cat([s, u], 1) @ world["A"])                          # (N, D)
-    x = h @ world["B"] + 0.05 * torch.randn(len(c), world["B"].shape[1], generator=generator)
+    # nuisance
+    u = torch.randn(len(c), world["k_nuis"], generator=generator)
+    # (N, D)
+    h = torch.tanh(1.5 * torch.cat([s, u], 1) @ world["A"])
+    x = h @ world["B"] + 0.05 * torch.randn(len(c), world["B"].shape[1],
+                                            generator=generator)
     return x, c
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #16b276c5
-def finegrained_splits(seed: int = 0,               # draws the samples
-                       data_seed: int = 0,          # fixes the world
-                       train_classes: int = 100,    # seen classes: train and validation
-                       test_classes: int = 100,     # unseen classes: the retrieval test split
-                       pretrain_classes: int = 160,  # classes the frozen encoder is pre-trained on
-                       train_per_class: int = 30, val_per_class: int = 6, test_per_class: int = 20,
-                       pretrain_per_class: int = 40,
-                       pretrain_labels: str = "superclass",  # or "class": what the encoder learns
-                       **world_kwargs) -> DataSplits:
-    "Class-disjoint splits of a generated world: pre-training, training and unseen test classes."
+def finegrained_splits(
+        seed: int = 0,               # draws the samples
+        data_seed: int = 0,          # fixes the world
+        train_classes: int = 100,    # seen classes: train and validation
+        test_classes: int = 100,     # unseen classes: the retrieval test split
+        pretrain_classes: int = 160,  # classes the frozen encoder is pre-trained on
+        train_per_class: int = 30, val_per_class: int = 6, test_per_class: int = 20,
+        pretrain_per_class: int = 40,
+        pretrain_labels: str = "superclass",  # or "class": what the encoder learns
+        **world_kwargs) -> DataSplits:
+    """Class-disjoint splits of a generated world: pre-training, training and unseen test
+    classes."""
     world = make_world(data_seed, **world_kwargs)
     need = pretrain_classes + train_classes + test_classes
     if need > world["num_classes"]:
-        raise ValueError(f"The world has {world['num_classes']} classes; the splits need {need}: "
+        raise ValueError(f"The world has {world['num_classes']} classes; the splits need "
+                         f"{need}: "
                          f"raise `num_super` or `per_super`, or ask for fewer classes.")
-    for name, v in (("train_per_class", train_per_class), ("val_per_class", val_per_class),
+    for name, v in (("train_per_class", train_per_class),
+                    ("val_per_class", val_per_class),
                     ("test_per_class", test_per_class)):
         if not (isinstance(v, int) and v >= 2):
             raise ValueError(f"`{name}` must be an int >= 2; got {v!r}.")
@@ -97,40 +114,52 @@ def finegrained_splits(seed: int = 0,               # draws the samples
     x_va, y_va = sample_world(world, seen, val_per_class, g)
     x_te, y_te = sample_world(world, unseen, test_per_class, g)
     x_pre, y_pre = sample_world(world, pre, pretrain_per_class, g)
-    if pretrain_labels == "superclass": y_pre = world["superclass"][y_pre]   # coarse labels only
+    # coarse labels only
+    if pretrain_labels == "superclass": y_pre = world["superclass"][y_pre]
     off = pretrain_classes
     train = ArrayDataset(x_tr, (y_tr - off).numpy())    # labels 0 .. train_classes - 1
     val = ArrayDataset(x_va, (y_va - off).numpy())
     test = ArrayDataset(x_te, (y_te - off).numpy())     # labels >= train_classes: unseen
-    info = {"seed": seed, "data_seed": data_seed, "augment": None, "unseen_test_classes": True,
+    info = {"seed": seed, "data_seed": data_seed, "augment": None,
+            "unseen_test_classes": True,
             "pretrain": (x_pre, y_pre), "world": dict(world_kwargs)}
-    return DataSplits("vg_finegrained", train, val, test, train_classes, (x_tr.shape[1],), None,
-                      info)
+    return DataSplits("vg_finegrained", train, val, test, train_classes, (x_tr.shape[1],),
+                      None, info)
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #b3bcff6d
-def class_split_splits(seed: int = 0,
-                       name: str = "fgvc_aircraft",  # any `load_dataset` name
-                       seen_fraction: float = 0.5,   # the first class ids train; the rest: unseen
-                       val_fraction: float = 0.1,    # held-out samples of the seen classes
-                       **kwargs) -> DataSplits:
-    "A classification dataset re-split by class, as retrieval benchmarks do: test classes unseen."
+def class_split_splits(
+        seed: int = 0,
+        name: str = "fgvc_aircraft",  # any `load_dataset` name
+        seen_fraction: float = 0.5,   # the first class ids train; the rest: unseen
+        val_fraction: float = 0.1,    # held-out samples of the seen classes
+        **kwargs) -> DataSplits:
+    """A classification dataset re-split by class, as retrieval benchmarks do: test
+    classes unseen."""
     from torch.utils.data import ConcatDataset
-    from structloss.data import LabeledSubset, dataset_labels, load_dataset, stratified_split
+    from structloss.data import (
+        LabeledSubset,
+        dataset_labels,
+        load_dataset,
+        stratified_split,
+    )
     if not 0 < seen_fraction < 1:
         raise ValueError(f"`seen_fraction` must lie in (0, 1); got {seen_fraction}.")
     base = load_dataset(name, seed=seed, **kwargs)
-    plain_train = base.train if base.train_eval is None else base.train_eval   # no augmentation
+    # no augmentation
+    plain_train = base.train if base.train_eval is None else base.train_eval
     parts = [plain_train, base.val, base.test]
     pool = ConcatDataset(parts)
     labels = np.concatenate([dataset_labels(p) for p in parts])
     classes = np.unique(labels)
     n_seen = int(round(seen_fraction * len(classes)))
     if not 2 <= n_seen <= len(classes) - 2:
-        raise ValueError(f"{name!r} has {len(classes)} classes; `seen_fraction`={seen_fraction} "
+        raise ValueError(f"{name!r} has {len(classes)} classes; "
+                         f"`seen_fraction`={seen_fraction} "
                          f"leaves fewer than 2 on one side.")
     remap = np.full(int(classes.max()) + 1, -1)
     remap[classes] = np.arange(len(classes))
-    y = remap[labels]                                   # 0 .. n_seen-1 seen, n_seen .. unseen
+    # 0 .. n_seen-1 seen, n_seen .. unseen
+    y = remap[labels]
     seen, unseen = np.flatnonzero(y < n_seen), np.flatnonzero(y >= n_seen)
     tr, va = stratified_split(y[seen], (val_fraction,), seed)
     tr, va = seen[tr], seen[va]
@@ -141,7 +170,8 @@ def class_split_splits(seed: int = 0,
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #df4b52e6
 class FrozenEncoder(torch.nn.Module):
-    "Wraps an encoder whose weights never change: no gradients, always in evaluation mode."
+    """Wraps an encoder whose weights never change: no gradients, always in evaluation
+    mode."""
     def __init__(self, encoder: torch.nn.Module, out_dim: int):
         super().__init__()
         self.encoder, self.out_dim = encoder, out_dim
@@ -158,11 +188,15 @@ class FrozenEncoder(torch.nn.Module):
 
 _PRETRAINED: dict = {}  # (data, options) -> state dict: one pre-training per process
 
-def pretrained_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int = 256, out_dim: int = 128,
+def pretrained_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int = 256,
+                   out_dim: int = 128,
                    epochs: int = 15, lr: float = 1e-3, seed: int = 0) -> torch.nn.Module:
-    "An MLP encoder trained with cross-entropy on `(x, y)` (the pre-training pool) for `epochs`."
-    key = (tuple(x.shape), float(x.double().sum()), int(y.sum()), hidden, out_dim, epochs, lr, seed)
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():   # caller's RNG state untouched
+    """An MLP encoder trained with cross-entropy on `(x, y)` (the pre-training pool) for
+    `epochs`."""
+    key = (tuple(x.shape), float(x.double().sum()), int(y.sum()), hidden, out_dim, epochs,
+           lr, seed)
+    # caller's RNG state untouched
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         enc = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
                                   torch.nn.Linear(hidden, out_dim), torch.nn.ReLU())
@@ -181,40 +215,50 @@ def pretrained_mlp(x: torch.Tensor, y: torch.Tensor, hidden: int = 256, out_dim:
     return enc
 
 def vit_b_32_encoder() -> tuple[torch.nn.Module, int]:
-    "torchvision's ViT-B/32, ImageNet weights (downloaded on first use), head removed: 768-d."
+    """torchvision's ViT-B/32, ImageNet weights (downloaded on first use), head removed:
+    768-d."""
     from torchvision.models import vit_b_32, ViT_B_32_Weights
     vit = vit_b_32(weights=ViT_B_32_Weights.IMAGENET1K_V1)
     vit.heads = torch.nn.Identity()
     return vit, 768
 
-def frozen_encoder_model(data: DataSplits,
-                         encoder: str = "pretrained_mlp",  # or "vit_b_32" (the paper's backbone)
-                         embedding_dim: int = 128,         # the paper's 128-d head
-                         projection: str = "linear",       # the head: "linear" or "mlp"
-                         pretrain_epochs: int = 15,
-                        ) -> EmbeddingModel:
-    "Frozen encoder + trainable head + L2 normalisation, no classifier: the study's model."
+def frozen_encoder_model(
+        data: DataSplits,
+        encoder: str = "pretrained_mlp",  # or "vit_b_32" (the paper's backbone)
+        embedding_dim: int = 128,         # the paper's 128-d head
+        projection: str = "linear",       # the head: "linear" or "mlp"
+        pretrain_epochs: int = 15,
+        ) -> EmbeddingModel:
+    """Frozen encoder + trainable head + L2 normalisation, no classifier: the study's
+    model."""
     if encoder == "pretrained_mlp":
         if "pretrain" not in data.info:
-            raise ValueError(f"encoder='pretrained_mlp' pre-trains on data.info['pretrain'], which "
-                             f"dataset {data.name!r} lacks; use 'vg_finegrained' or 'vit_b_32'.")
+            raise ValueError("encoder='pretrained_mlp' pre-trains on "
+                             "data.info['pretrain'], which "
+                             f"dataset {data.name!r} lacks; use 'vg_finegrained' or "
+                             "'vit_b_32'.")
         enc, dim = pretrained_mlp(*data.info["pretrain"], epochs=pretrain_epochs), 128
     elif encoder == "vit_b_32": enc, dim = vit_b_32_encoder()
-    else: raise ValueError(f"`encoder` must be 'pretrained_mlp' or 'vit_b_32'; got {encoder!r}.")
+    else:
+        raise ValueError("`encoder` must be 'pretrained_mlp' or 'vit_b_32'; got "
+                         f"{encoder!r}.")
     return EmbeddingModel(FrozenEncoder(enc, dim), dim, embedding_dim, num_classes=None,
                           projection=projection, normalize=True)
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #0228ecfb
 class DiagnosedObjective(Objective):
-    "One loss alone (no cross-entropy) whose log also holds its greediness on every batch."
+    """One loss alone (no cross-entropy) whose log also holds its greediness on every
+    batch."""
     def __init__(self, loss: torch.nn.Module, grad_tol: float = 0.0):
         super().__init__({"loss": (loss, 1.0)}, ce_weight=0.0)
         self.grad_tol = check_number("grad_tol", grad_tol, minimum=0)
 
     def diagnose(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict:
-        "Active ratios (eqs. 1-2), gradient norm G_Z and mean push (eq. 3), as 0-dim tensors."
+        """Active ratios (eqs. 1-2), gradient norm G_Z and mean push (eq. 3), as 0-dim
+        tensors."""
         loss = self.losses["loss"]
-        z = embeddings.detach().to(compute_dtype(embeddings)).requires_grad_()  # a new leaf
+        # a new leaf
+        z = embeddings.detach().to(compute_dtype(embeddings)).requires_grad_()
         with torch.enable_grad():
             (g,) = torch.autograd.grad(loss(z, labels), z, allow_unused=True)
         g = torch.zeros_like(z) if g is None else g
@@ -234,58 +278,74 @@ class DiagnosedObjective(Objective):
         if self.training: logs.update(self.diagnose(embeddings, labels))
         return total, logs
 
-def diagnosed(loss: str,                         # a loss class name (`resolve_loss`)
-              loss_kwargs: dict | None = None,   # its arguments (sizes for class-vector losses)
-              grad_tol: float = 0.0,
-             ) -> DiagnosedObjective:
-    "Objective factory of the experiments: `loss` alone, its greediness logged on every batch."
+def diagnosed(
+        loss: str,                         # a loss class name (`resolve_loss`)
+        loss_kwargs: dict | None = None,   # its arguments (sizes for class-vector losses)
+        grad_tol: float = 0.0,
+        ) -> DiagnosedObjective:
+    """Objective factory of the experiments: `loss` alone, its greediness logged on every
+    batch."""
     from structloss.experiments import resolve_loss
     return DiagnosedObjective(resolve_loss(loss)(**(loss_kwargs or {})), grad_tol)
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #21a21c42
-def nearest_class_distance(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    "Per class, the distance from its mean to the nearest other class mean, `(C,)` (eq. 2)."
+def nearest_class_distance(
+    embeddings: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Per class, the distance from its mean to the nearest other class mean, `(C,)` (eq.
+    2)."""
     z = embeddings.to(compute_dtype(embeddings))
     ids = torch.unique(labels, return_inverse=True)[1]
     C = int(ids.max()) + 1
     mu = torch.zeros(C, z.shape[1], dtype=z.dtype).index_add_(0, ids, z)
-    mu = mu / torch.bincount(ids, minlength=C)[:, None].to(z.dtype)      # (C, d) class means
+    # (C, d) class means
+    mu = mu / torch.bincount(ids, minlength=C)[:, None].to(z.dtype)
     d = torch.cdist(mu, mu)                                                # (C, C)
     d.fill_diagonal_(float("inf"))
     return d.min(1).values
 
 @torch.no_grad()
 def variance_metrics(model: torch.nn.Module, data: DataSplits, seed: int = 0) -> dict:
-    "VARIANCE on the unseen test classes, and MAP@R: an `evaluation` extra of the experiments."
+    """VARIANCE on the unseen test classes, and MAP@R: an `evaluation` extra of the
+    experiments."""
     from structloss.train import embed
     _, z, y = embed(model, data.test)
-    report = class_variance_report(z, y)      # intra-class variance; inter-class mean, std, min
+    # intra-class variance; inter-class mean, std, min
+    report = class_variance_report(z, y)
     intra = report["intra_class_variance"]
     nearest = nearest_class_distance(z, y)
-    total = float(((z - z.mean(0)) ** 2).sum(1).mean())   # mean squared distance to the mean
-    return {"intra_var": intra,
-            "inter_mean": report["inter_class_distance_mean"],
-            "inter_std": report["inter_class_distance_std"],
-            "inter_min": report["inter_class_distance_min"],
-            "inter_cv": report["inter_class_distance_std"] / report["inter_class_distance_mean"],
-            "nearest_mean": float(nearest.mean()),                   # the margin, eq. 2
-            "total_var": total,
-            "intra_ratio": intra / total,                           # scale-free spread
-            "margin_ratio": float(nearest.mean()) / math.sqrt(intra),  # scale-free margin
-            "map@r": map_at_r(z, y)}
+    # mean squared distance to the mean
+    total = float(((z - z.mean(0)) ** 2).sum(1).mean())
+    return {
+        "intra_var": intra,
+        "inter_mean": report["inter_class_distance_mean"],
+        "inter_std": report["inter_class_distance_std"],
+        "inter_min": report["inter_class_distance_min"],
+        "inter_cv": report["inter_class_distance_std"]
+        / report["inter_class_distance_mean"],
+        "nearest_mean": float(nearest.mean()),  # the margin, eq. 2
+        "total_var": total,
+        "intra_ratio": intra / total,  # scale-free spread
+        "margin_ratio": float(nearest.mean()) / math.sqrt(intra),  # scale-free margin
+        "map@r": map_at_r(z, y),
+    }
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #a6ccc9d8
 def settling_epoch(values, fraction: float = 0.1) -> int:
-    "First epoch (1-based) after which `values` stay within `fraction` of their change (eq. 3)."
+    """First epoch (1-based) after which `values` stay within `fraction` of their change
+    (eq. 3)."""
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if len(v) < 2: raise ValueError(f"`values` needs at least 2 epochs; got {len(v)}.")
-    if not 0 < fraction < 1: raise ValueError(f"`fraction` must lie in (0, 1); got {fraction}.")
+    if not 0 < fraction < 1:
+        raise ValueError(f"`fraction` must lie in (0, 1); got {fraction}.")
     band = fraction * (v[0] - v[-1]).abs()
-    outside = ((v - v[-1]).abs() > band).nonzero()             # epochs still outside the band
+    # epochs still outside the band
+    outside = ((v - v[-1]).abs() > band).nonzero()
     return int(outside[-1, 0]) + 2 if len(outside) else 1
 
 def history_scalars(history: list) -> dict:
-    "One run's GREEDINESS in numbers: means over epochs, loss decay, settling of the variance."
+    """One run's GREEDINESS in numbers: means over epochs, loss decay, settling of the
+    variance."""
     mean = lambda k: float(np.mean([r[k] for r in history]))
     losses = [r["train_loss"] for r in history]
     out = {"active_ratio": mean("train_active_ratio"),
@@ -294,22 +354,32 @@ def history_scalars(history: list) -> dict:
            "settle_epoch": float(settling_epoch([r["val_intra_var"] for r in history]))}
     for q in (0.1, 0.5):
         t = loss_decay(losses, fraction=q) if losses[0] > 0 else None
-        out[f"decay_{int(q * 100)}"] = float("inf") if t is None else float(t)  # inf: never
+        # inf: never
+        out[f"decay_{int(q * 100)}"] = float("inf") if t is None else float(t)
     return out
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #50b9cb54
 from .data import register_dataset
-from .experiments import Experiment, get_experiment, register_experiment, register_suite
+from structloss.experiments import (
+    Experiment,
+    get_experiment,
+    register_experiment,
+    register_suite,
+)
 
 register_dataset("vg_finegrained", finegrained_splits, overwrite=True)
 register_dataset("vg_class_split", class_split_splits, overwrite=True)
 
 _HERE = "structloss.variance_greediness_paper"
-_SIZES = {"num_classes": 100, "embedding_size": 128}   # the cpu profile's 100 seen classes
-# colab: FGVC-Aircraft (100 variants) re-split by class; batches of m images of p classes, p <= seen
+# the cpu profile's 100 seen classes
+_SIZES = {"num_classes": 100, "embedding_size": 128}
+# colab: FGVC-Aircraft (100 variants) re-split by class; batches of m images of p classes,
+# p <= seen
 _COLAB_DATA = {"name": "fgvc_aircraft", "seen_fraction": 0.5, "download": True}
-_COLAB_SEEN = 50                    # round(seen_fraction * 100): the class vectors ArcFace/CCL need
-VG_LOSSES = {  # experiment suffix: (class, the abstract's name, arguments beyond the defaults)
+# round(seen_fraction * 100): the class vectors ArcFace/CCL need
+_COLAB_SEEN = 50
+# experiment suffix: (class, the abstract's name, arguments beyond the defaults)
+VG_LOSSES = {
     "contrastive": ("ContrastiveLoss", "Contrastive", {}),
     "triplet": ("TripletMarginLoss", "Triplet", {}),
     "npair": ("NPairsLoss", "N-pair", {}),
@@ -332,7 +402,8 @@ VG_BASE = Experiment(
     evaluation={"recall_k": [1, 2, 4, 8], "svc_max_train": 200,
                 "extra": [f"{_HERE}.variance_metrics"]},
     seeds=(0, 1, 2, 3, 4),
-    profiles={"smoke": {"seeds": (0, 1), "train": {"epochs": 2, "sampler": {"m": 4, "p": 8}},
+    profiles={"smoke": {"seeds": (0, 1),
+                        "train": {"epochs": 2, "sampler": {"m": 4, "p": 8}},
                         "model": {"pretrain_epochs": 1}, "dataset_kwargs": _SMOKE_DATA},
               "colab": {"dataset": "vg_class_split",
                         "dataset_kwargs": _COLAB_DATA,
@@ -342,17 +413,39 @@ VG_BASE = Experiment(
     description="Variance & Greediness (Zeng et al. 2026): one loss on a frozen encoder, "
                 "128-d head")
 
-VG_EXPERIMENTS = [register_experiment(VG_BASE.derive(
-        f"vg_{key}",
-        objective={"factory": f"{_HERE}.diagnosed", "kwargs": {"loss": cls, "loss_kwargs": kw}},
-        profiles={"colab": {"objective": {"kwargs": {"loss_kwargs": {"num_classes": _COLAB_SEEN}}}}}
-                 if "num_classes" in kw else {},
-        description=f"Variance & Greediness: {name} on a frozen encoder, unseen-class retrieval"),
-    overwrite=True) for key, (cls, name, kw) in VG_LOSSES.items()]
+VG_EXPERIMENTS = [
+    register_experiment(
+        VG_BASE.derive(
+            f"vg_{key}",
+            objective={
+                "factory": f"{_HERE}.diagnosed",
+                "kwargs": {"loss": cls, "loss_kwargs": kw},
+            },
+            profiles=(
+                {
+                    "colab": {
+                        "objective": {
+                            "kwargs": {"loss_kwargs": {"num_classes": _COLAB_SEEN}}
+                        }
+                    }
+                }
+                if "num_classes" in kw
+                else {}
+            ),
+            description=f"Variance & Greediness: {name} on a frozen encoder, "
+                        "unseen-class "
+            "retrieval",
+        ),
+        overwrite=True,
+    )
+    for key, (cls, name, kw) in VG_LOSSES.items()
+]
 register_suite("variance_greediness", VG_EXPERIMENTS,
-               "Variance & Greediness (Zeng et al. 2026): seven losses, VARIANCE and GREEDINESS")
+               "Variance & Greediness (Zeng et al. 2026): seven losses, VARIANCE and "
+               "GREEDINESS")
 
-# Follow-ups (see "Where our runs differ, and why"): a separable world; a wider triplet margin
+# Follow-ups (see "Where our runs differ, and why"): a separable world; a wider triplet
+# margin
 VG_EASY = {"noise": 0.2, "fine_scale": 0.6}
 VG_FOLLOWUPS = [register_experiment(get_experiment(f"vg_{key}").derive(
         f"vg_easy_{key}", dataset_kwargs=VG_EASY,
@@ -367,7 +460,8 @@ register_suite("variance_greediness_followup", VG_FOLLOWUPS,
 
 # %% ../nbs/33_variance_greediness_paper.ipynb #ab668b05
 def clear_sign(a, b, z: float = 2.0) -> int:
-    "+1 if mean(`a`) exceeds mean(`b`) by over `z` standard errors, -1 if below by as much, else 0."
+    """+1 if mean(`a`) exceeds mean(`b`) by over `z` standard errors, -1 if below by as
+    much, else 0."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"need >= 2 seeds on each side; got {len(a)} and {len(b)}.")
@@ -380,9 +474,11 @@ def clear_sign(a, b, z: float = 2.0) -> int:
     return 0
 
 def claim_verdict(signs) -> str:
-    "'reproduced': every comparison clear as claimed; 'not reproduced': one clear against it."
+    """'reproduced': every comparison clear as claimed; 'not reproduced': one clear
+    against it."""
     signs = list(signs)
-    if not signs: raise ValueError("`signs` is empty: a claim needs at least one comparison.")
+    if not signs:
+        raise ValueError("`signs` is empty: a claim needs at least one comparison.")
     if all(s == 1 for s in signs): return "reproduced"
     if any(s == -1 for s in signs): return "not reproduced"
     return "inconclusive"

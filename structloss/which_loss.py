@@ -38,20 +38,23 @@ def expand_sources(sources) -> list[tuple[str, str]]:
 
 def collect_results(sources=None, profile: str | None = None, out_dir: str | None = None,
                     verbose: bool = True) -> list[tuple]:
-    """`[(name, chapter, ExperimentResult)]` read from the results files (`load_result`: nothing
-    runs here); a source without results in `profile` is skipped with a printed note."""
+    """`[(name, chapter, ExperimentResult)]` read from the results files (`load_result`:
+    nothing runs here); a source without results in `profile` is skipped with a printed
+    note."""
     sources = SOURCES if sources is None else sources
     profile = profile or get_profile()
     found = []
     for name, chapter in expand_sources(sources):
         try: found.append((name, chapter, load_result(name, profile, out_dir)))
         except FileNotFoundError:
-            if verbose: print(f"no {profile} results for {name!r} (chapter {chapter}): skipped; "
+            if verbose:
+                print(f"no {profile} results for {name!r} (chapter {chapter}): skipped; "
                               f"`structloss run {name} --profile {profile}` writes them")
     return found
 
 def method_of(exp: Experiment) -> str:
-    "A short name of an objective: `CE`, `CE + SupCon (2 views)`, `0.25·(Magnet) + 0.75·CE`, ..."
+    """A short name of an objective: `CE`, `CE + SupCon (2 views)`, `0.25·(Magnet) +
+    0.75·CE`, ..."""
     spec = exp.objective or {}
     if "factory" in spec:
         kw = spec.get("kwargs", {})
@@ -71,7 +74,6 @@ def method_of(exp: Experiment) -> str:
     if mix is not None: return f"{mix:g}·({' + '.join(terms)}) + {1 - mix:g}·CE" + suffix
     return " + ".join((["CE"] if spec.get("ce_weight", 1.0) else []) + terms) + suffix
 
-
 # %% ../nbs/90_which_loss.ipynb #d31ee3f7
 CRITERIA = {  # criterion: (metric in the results, higher is better, what it measures)
     "accuracy": ("top1", True, "test accuracy of the classifier"),
@@ -81,21 +83,24 @@ CRITERIA = {  # criterion: (metric in the results, higher is better, what it mea
 }
 
 def decision_rows(results: list[tuple]) -> list[dict]:
-    "One row per experiment: data set, method, `(mean, std, n)` of each criterion, chapter and run."
+    """One row per experiment: data set, method, `(mean, std, n)` of each criterion,
+    chapter and run."""
     rows = []
     for name, chapter, r in results:
-        setting = f"{r.experiment.dataset} ({chapter})"   # one chapter's protocol on one data set
+        # one chapter's protocol on one data set
+        setting = f"{r.experiment.dataset} ({chapter})"
         row = {"experiment": name, "dataset": setting,
-               "method": method_of(r.experiment), "chapter": chapter, "profile": r.profile,
+               "method": method_of(r.experiment), "chapter": chapter,
+               "profile": r.profile,
                "seeds": len(r.metrics)}
         for crit, (metric, _, _) in CRITERIA.items(): row[crit] = r.summary.get(metric)
         rows.append(row)
     return rows
 
 def leaders(rows: list[dict], criterion: str) -> dict:
-    """`{dataset: [methods]}`: the method with the best mean leads; a method whose mean lies within
-    the larger of the two standard deviations of the leader's is tied with it (the seeds cannot
-    tell them apart)."""
+    """`{dataset: [methods]}`: the method with the best mean leads; a method whose mean
+    lies within the larger of the two standard deviations of the leader's is tied with it
+    (the seeds cannot tell them apart)."""
     metric, higher, _ = CRITERIA[criterion]
     out = {}
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -113,7 +118,8 @@ def _fmt(v, digits):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 def decision_table(rows: list[dict]) -> str:
-    "The decision table as HTML: each number links to the chapter, and names the run, behind it."
+    """The decision table as HTML: each number links to the chapter, and names the run,
+    behind it."""
     if not rows: return "<p>No results files yet: run the experiments first.</p>"
     head = ["setting", "method", *CRITERIA, "run"]
     body = []
@@ -130,4 +136,3 @@ def decision_table(rows: list[dict]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return (f'<table class="structloss-table"><thead><tr>{th}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
-

@@ -100,3 +100,41 @@ def test_latent_boost_warmup_is_ce_only_then_logs_the_pca_dimension():
     assert (loss.epoch, loss.num_epochs, loss.beta) == (0, 7, 1.0)
     with pytest.raises(ValueError, match="`warmup_epochs` must be an int >= 0"):
         latent_boost(warmup_epochs=-1)
+
+
+def test_inputs_are_checked_once_for_all_terms():
+    "The embeddings' values are read once by the objective, not again by each EmbeddingLoss term."
+    from unittest import mock
+    import structloss.core as core
+    from structloss.contrastive import InfoNCELoss, SupConLoss
+    calls = []
+    real = core.check_finite
+    def counting(x, name):
+        calls.append(name)
+        return real(x, name)
+    objective = Objective({"a": (SupConLoss(), 1.0), "b": (InfoNCELoss(), 0.5)})
+    logits, z, labels = _batch(2)
+    with mock.patch.object(core, "check_finite", counting):
+        total, _ = objective(logits, z, labels)
+    assert calls.count("embeddings") == 1
+    # the checked path gives what each loss gives when called on its own
+    with torch.no_grad():
+        ce = F.cross_entropy(logits.reshape(-1, C), labels.repeat_interleave(2))
+        want = ce + SupConLoss()(z, labels) + 0.5 * InfoNCELoss()(z.reshape(-1, D), labels.repeat_interleave(2))
+    torch.testing.assert_close(total.detach(), want)
+
+
+def test_objective_errors_stay_clear():
+    from structloss.contrastive import SupConLoss
+    logits, z, labels = _batch(1)
+    objective = Objective({"s": (SupConLoss(), 1.0)})
+    bad = z.detach().clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        objective(logits, bad, labels)
+    with pytest.raises(ValueError, match="cross-entropy"):
+        objective(logits, z, labels + C)
+    with pytest.raises(ValueError, match="one number"):
+        Objective({"s": (SupConLoss(reduction="none"), 1.0)})(logits, z, labels)
+    with pytest.raises(ValueError, match="d = 0"):
+        objective(logits, z[:, :0], labels)

@@ -17,7 +17,6 @@ NOT_PROSE = [r"\$\$.*?\$\$", r"\$[^$\n]*\$", r"\{[a-z:]+\}`[^`]*`", r"```.*?```"
              r"\b(?:19|20)\d\d[a-z]?\b", r"\bC\d+[a-z]?\b", r"\b\d+(?:st|nd|rd|th)\b", r"\b[A-Za-z]+-\d+\b",
              r"\b\d+-[A-Za-z]+\b", r"\b\d+[dD]\b"]
 ALLOWED = {  # (chapter, number as written): why no cell needs to compute it
-    ("01_geometry", "65,504"): "float16's largest finite value (IEEE-754)",
     ("01_geometry", "17"): "an example of class ids", ("01_geometry", "99"): "an example of class ids",
     ("11_pairs", "31"): "bits of a float32 besides its sign (IEEE-754)",
     ("13_proxies", "65,504"): "float16's largest finite value (IEEE-754)",

@@ -161,3 +161,20 @@ def test_plateau_scheduler_divides_the_rate_on_a_validation_plateau(data):
     assert all(r["lr"] == CFG["lr"] for r in learning.history)   # improving: no reduction
     with pytest.raises(ValueError, match="'cosine', 'plateau' or None"): TrainConfig(scheduler="step")
     with pytest.raises(ValueError, match="`plateau_factor` must lie in"): TrainConfig(plateau_factor=1.0)
+
+
+def test_sharded_shuffled_batches_are_the_one_process_batches(data):
+    "Under DDP each rank takes a contiguous share of the one-process batch (sizes differ by <= 1)."
+    from structloss.train import _train_loader, _shard, shuffled_batches
+    cfg = TrainConfig(batch_size=50, **{k: v for k, v in CFG.items() if k != "batch_size"})
+    one = [y.tolist() for _, y in _train_loader(data.train, cfg, seed=3, epoch=2)]
+    g = torch.Generator().manual_seed(3 * 100_003 + 2)
+    batches = shuffled_batches(len(data.train), 50, g, drop_last=True)
+    assert [data.train.targets[b].tolist() for b in batches] == one
+    for R_ in (2, 3):
+        shards = [[_shard(b, r, R_) for b in batches] for r in range(R_)]
+        assert all(sum((s[t] for s in shards), []) == b for t, b in enumerate(batches))
+        assert all(max(map(len, ts)) - min(map(len, ts)) <= 1 for ts in zip(*shards))
+    with pytest.raises(ValueError, match="init_process_group"):
+        train(tiny(data), cross_entropy(), data, TrainConfig(epochs=1, distributed=True, **CFG))
+    with pytest.raises(ValueError, match="`distributed`"): TrainConfig(distributed="yes")

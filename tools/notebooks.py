@@ -28,14 +28,14 @@ _DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
 # The first code cell of every chapter (after `#| default_exp`): on Colab it installs structloss from its
 # repository and selects the `colab` profile; anywhere else it does nothing. Hidden in the book.
 COLAB_INSTALL = "structloss[colab] @ git+https://github.com/structloss/structloss"
-COLAB_CELL = f"""#| hide
-# On Colab: install structloss from its repository and use the `colab` profile (elsewhere: nothing).
+COLAB_CELL = """#| hide
+# On Colab: install structloss and use the `colab` profile (elsewhere: nothing).
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.environ.get("STRUCTLOSS_INSTALLED"):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "{COLAB_INSTALL}"], check=True)
+    pkg = "{COLAB_INSTALL}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", pkg], check=True)
     os.environ["STRUCTLOSS_INSTALLED"] = "1"
-    os.environ.setdefault("STRUCTLOSS_PROFILE", "colab")"""
+    os.environ.setdefault("STRUCTLOSS_PROFILE", "colab")""".replace("{COLAB_INSTALL}", COLAB_INSTALL)
 
 
 def chapters(nbs: Path = NBS) -> list[Path]:
