@@ -410,7 +410,8 @@ def measure_loops(names, settings: dict, log=print) -> list:
         chapter, fn = LOOPS[name]
         row = {"loss": name, "N": N, "C": C, "chapter": chapter, "loop": fn}
         if fn not in loops:
-            row["status"] = "no loop: the chapters' notebooks are not available"
+            row["status"] = (f"no loop: {fn} is not in chapter {chapter}" if loops else
+                             "no loop: the chapters' notebooks are not available")
             rows.append(row); continue
         x, y, _ = _inputs(N, C, settings["dim"], "cpu", seed=1)
         x = x.detach().double().requires_grad_()
