@@ -6,7 +6,7 @@ import structloss
 # imports them to find their experiments; their names are not part of the top-level API.
 BOOK_ONLY = {"at_a_glance", "which_loss"}
 # Modules used through their name: `structloss.robustness.blur` is clearer than a top-level `blur`.
-NAMESPACED = {"robustness"}
+NAMESPACED = {"robustness", "bench"}
 
 def is_book_only(name: str) -> bool: return name.endswith("_paper") or name in BOOK_ONLY | NAMESPACED
 
