@@ -5,7 +5,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 start=$SECONDS
 
-echo "==> 1/5 nbdev-export must leave structloss/ unchanged"
+echo "==> 1/6 nbdev-export must leave structloss/ unchanged"
 snapshot="$(mktemp -d)"
 cp -r structloss "$snapshot/"
 nbdev-export
@@ -14,7 +14,7 @@ if ! diff -r -x __pycache__ "$snapshot/structloss" structloss; then
   exit 1
 fi
 
-echo "==> 2/5 tests/ (pytest)"
+echo "==> 2/6 tests/ (pytest)"
 set +e
 python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_site_check.py   # that one: stage 5
 rc=$?
@@ -22,7 +22,11 @@ set -e
 if [ $rc -eq 5 ]; then echo "FAILED: pytest collected no tests in tests/"; exit 1; fi
 [ $rc -eq 0 ] || { echo "FAILED: tests/ (pytest exit code $rc)"; exit $rc; }
 
-echo "==> 3/5 every notebook under nbval, smoke profile"
+echo "==> 3/6 the bench from the command line: structloss bench --quick"
+structloss bench --quick --threads 1 --out _build/bench-quick.json \
+  || { echo "FAILED: structloss bench --quick"; exit 1; }
+
+echo "==> 4/6 every notebook under nbval, smoke profile"
 python tools/notebooks.py nbval _build/nbval
 set +e
 STRUCTLOSS_PROFILE=smoke python -m pytest _build/nbval --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q -p no:cacheprovider
@@ -31,10 +35,10 @@ set -e
 if [ $rc -eq 5 ]; then echo "FAILED: nbval collected no notebook cells"; exit 1; fi
 [ $rc -eq 0 ] || { echo "FAILED: notebooks under nbval (pytest exit code $rc)"; exit $rc; }
 
-echo "==> 4/5 the book, warnings as errors (stored outputs, no execution)"
+echo "==> 5/6 the book, warnings as errors (stored outputs, no execution)"
 BOOK_EXECUTE=0 BOOK_STRICT=1 bash tools/book.sh
 
-echo "==> 5/5 the site as readers meet it: every page in headless Chromium (MathJax, console, images, links)"
+echo "==> 6/6 the site as readers meet it: every page in headless Chromium (MathJax, console, images, links)"
 if ! python -c "import sys; sys.path.insert(0, 'tools'); import site_check; sys.exit(site_check.find_browser() is None)"; then
   echo "==> installing Chromium (apt-get install chromium)"
   sudo=""; [ "$(id -u)" = "0" ] || sudo="sudo"
