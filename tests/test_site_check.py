@@ -30,6 +30,8 @@ def site(tmp_path_factory):
     _need(site_check.find_browser() is not None, "no Chromium (apt-get install chromium)")
     root = tmp_path_factory.mktemp("site")
     shutil.copytree(HTML / "_static", root / "_static")
+    if (HTML / "_images").exists():                    # the page's own figures
+        shutil.copytree(HTML / "_images", root / "_images")
     shutil.copy(HTML / "searchindex.js", root)
     (root / "nbs").mkdir()
     clean = (HTML / PAGE).read_text(encoding="utf-8")
