@@ -14,8 +14,8 @@ from .core import (EmbeddingLoss, check_choice, check_embeddings, check_labels,
 from .geometry import label_masks, safe_normalize
 
 # %% auto #0
-__all__ = ['NTXentLoss', 'cosine_logits', 'reference_set', 'info_nce_pair_losses', 'info_nce_rows_dense', 'InfoNCERows',
-           'joint_class_ids', 'class_positives', 'InfoNCELoss', 'logsumexp_rows_dense', 'LogSumExpRows',
+__all__ = ['NTXentLoss', 'cosine_logits', 'reference_set', 'scaled_rows', 'info_nce_pair_losses', 'info_nce_rows_dense',
+           'InfoNCERows', 'joint_class_ids', 'class_positives', 'InfoNCELoss', 'logsumexp_rows_dense', 'LogSumExpRows',
            'flatten_views', 'SupConLoss']
 
 # %% ../nbs/12_contrastive.ipynb #aeb6a6bb
@@ -30,6 +30,15 @@ def reference_set(embeddings, labels, ref_emb=None, ref_labels=None, self_in_ref
     "`(ref_emb, ref_labels, self_in_ref)`: the reference set given, or the batch itself."
     if ref_emb is None: return embeddings, labels, True
     return ref_emb, ref_labels, self_in_ref
+
+def scaled_rows(embeddings, labels, temperature: float, ref_emb=None, ref_labels=None,
+                self_in_ref=False):
+    "`(a, r_hat, ref_labels, self_in_ref)` with `s = a r_hat^T` the logits of eq. 1."
+    ref, ref_y, self_in_ref = reference_set(embeddings, labels, ref_emb, ref_labels,
+                                            self_in_ref)
+    z_hat = safe_normalize(embeddings)                                # (N, d)
+    r_hat = z_hat if ref is embeddings else safe_normalize(ref)       # (M, d)
+    return z_hat / temperature, r_hat, ref_y, self_in_ref
 
 # %% ../nbs/12_contrastive.ipynb #fb4cc362
 def info_nce_pair_losses(embeddings, labels, temperature: float,
@@ -161,11 +170,8 @@ class InfoNCELoss(EmbeddingLoss):
 
     def compute(self, embeddings, labels, ref_emb=None, ref_labels=None,
                 self_in_ref=False):
-        ref, ref_y, self_in_ref = reference_set(embeddings, labels, ref_emb, ref_labels,
-                                                self_in_ref)
-        z_hat = safe_normalize(embeddings)                            # (N, d)
-        r_hat = z_hat if ref is embeddings else safe_normalize(ref)   # (M, d)
-        a = z_hat / self.temperature                                  # s = a r_hat^T
+        a, r_hat, ref_y, self_in_ref = scaled_rows(embeddings, labels, self.temperature,
+                                                   ref_emb, ref_labels, self_in_ref)
         R = InfoNCERows.apply(a, r_hat, labels, ref_y, self_in_ref)   # (N,)
         n_pos, _, _ = class_positives(labels, ref_y, self_in_ref, dtype=R.dtype)
         if self.reduction == "none": return R / n_pos.clamp_min(1)    # 0 if P(i) empty
@@ -290,11 +296,8 @@ class SupConLoss(EmbeddingLoss):
 
     def compute(self, embeddings, labels, ref_emb=None, ref_labels=None,
                 self_in_ref=False):
-        ref, ref_y, self_in_ref = reference_set(embeddings, labels, ref_emb, ref_labels,
-                                                self_in_ref)
-        z_hat = safe_normalize(embeddings)                            # (N, d)
-        r_hat = z_hat if ref is embeddings else safe_normalize(ref)   # (M, d)
-        a = z_hat / self.temperature                                  # s = a r_hat^T
+        a, r_hat, ref_y, self_in_ref = scaled_rows(embeddings, labels, self.temperature,
+                                                   ref_emb, ref_labels, self_in_ref)
         n_pos, n_neg, pos_rows = class_positives(labels, ref_y, self_in_ref, r_hat)
         pos_mean = (a * pos_rows).sum(1) / n_pos.clamp_min(1)         # mean_p s_ip
         lse = LogSumExpRows.apply(a, r_hat, self_in_ref)              # (N,) over A(i)

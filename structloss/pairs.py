@@ -16,10 +16,10 @@ from .geometry import label_masks
 
 # %% auto #0
 __all__ = ['DISTANCES', 'PAIR_REDUCTIONS', 'pair_distances', 'avg_non_zero', 'DistanceWeights', 'backward_weights',
-           'with_gradient', 'prepare_pairs', 'self_pairs', 'ContrastiveLoss', 'triplet_margin_sums_search',
-           'to_float32', 'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows', 'triplet_margin_sums',
-           'triplet_margin_totals', 'triplet_margin_weights', 'smooth_triplet_weights', 'TripletMarginLoss',
-           'first_two_indices', 'NPairsLoss']
+           'with_gradient', 'prepare_pairs', 'self_pairs', 'check_pair_options', 'ContrastiveLoss',
+           'triplet_margin_sums_search', 'to_float32', 'tie_break_key', 'margin_sort_keys', 'sorted_triplet_rows',
+           'triplet_margin_sums', 'triplet_margin_totals', 'triplet_margin_weights', 'smooth_triplet_weights',
+           'TripletMarginLoss', 'first_two_indices', 'NPairsLoss']
 
 # %% ../nbs/11_pairs.ipynb #5b7b5c82
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
@@ -135,6 +135,14 @@ def self_pairs(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/11_pairs.ipynb #8c071fa8
 PAIR_REDUCTIONS = ("avg_non_zero", "none")
 
+def check_pair_options(distance: str, reduction: str, normalize_embeddings: bool):
+    "`(distance, reduction)` of a pair or triplet loss, checked together."
+    check_choice("distance", distance, DISTANCES)
+    if distance == "cosine" and not normalize_embeddings:
+        raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
+                         "CosineSimilarity); leave `normalize_embeddings=True`.")
+    return distance, check_choice("reduction", reduction, PAIR_REDUCTIONS)
+
 class ContrastiveLoss(EmbeddingLoss):
     """Contrastive loss of Hadsell et al. (2006) in PML's form: un-squared hinges, each
     side averaged over its non-zero pairs (eqs. 3-4).
@@ -161,11 +169,8 @@ class ContrastiveLoss(EmbeddingLoss):
         self.neg_margin = check_number("neg_margin", neg_margin)
         self.normalize_embeddings = normalize_embeddings
         self.exact_distances = exact_distances
-        self.distance = check_choice("distance", distance, DISTANCES)
-        self.reduction = check_choice("reduction", reduction, PAIR_REDUCTIONS)
-        if distance == "cosine" and not normalize_embeddings:
-            raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
-                             "CosineSimilarity); leave `normalize_embeddings=True`.")
+        self.distance, self.reduction = check_pair_options(distance, reduction,
+                                                           normalize_embeddings)
 
     def prepare(self, embeddings, labels, ref_emb=None, ref_labels=None,
                 self_in_ref=False):
@@ -381,11 +386,8 @@ class TripletMarginLoss(EmbeddingLoss):
         self.margin = check_number("margin", margin)
         self.normalize_embeddings = normalize_embeddings
         self.exact_distances, self.smooth_loss = exact_distances, bool(smooth_loss)
-        self.distance = check_choice("distance", distance, DISTANCES)
-        self.reduction = check_choice("reduction", reduction, PAIR_REDUCTIONS)
-        if distance == "cosine" and not normalize_embeddings:
-            raise ValueError("`distance='cosine'` normalises the embeddings (as PML's "
-                             "CosineSimilarity); leave `normalize_embeddings=True`.")
+        self.distance, self.reduction = check_pair_options(distance, reduction,
+                                                           normalize_embeddings)
 
     def prepare(self, embeddings, labels, ref_emb=None, ref_labels=None,
                 self_in_ref=False):
