@@ -90,19 +90,26 @@ def test_batch_as_its_own_reference_equals_plain_call(name):
 
 @pytest.mark.parametrize("name", REFERENCE)
 def test_reference_is_a_set_and_a_memory_gets_no_gradient(name):
+    """Reference order does not matter; gradient reaches a reference that asks for it, and a
+    detached one (a memory) gives the batch the same value and gradient."""
     x, y = batch(1)
     m, my = batch(2)
     loss = make(name).double()
     a = x.clone().requires_grad_()
     memory = m.clone().requires_grad_()
     v = loss(a, y, ref_emb=memory, ref_labels=my)
+    g_a, g_m = torch.autograd.grad(v, (a, memory))
     perm = torch.randperm(len(my), generator=torch.Generator().manual_seed(0))
     v_perm = loss(a, y, ref_emb=memory[perm], ref_labels=my[perm])
     torch.testing.assert_close(v_perm, v, rtol=1e-10, atol=1e-12)
-    assert torch.isfinite(v)
-    detached = loss(a, y, ref_emb=m, ref_labels=my)            # a memory: stored rows, no graph
-    g, = torch.autograd.grad(detached, a)
-    assert torch.isfinite(g).all()
+    assert torch.isfinite(v) and torch.isfinite(g_m).all() and g_m.abs().sum() > 0
+    b = x.clone().requires_grad_()
+    stored = m.clone()                                          # a memory: stored rows, no graph
+    detached = loss(b, y, ref_emb=stored, ref_labels=my)
+    g_b, = torch.autograd.grad(detached, b)
+    torch.testing.assert_close(detached, v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_b, g_a, rtol=1e-8, atol=1e-10)
+    assert stored.grad is None and detached.grad_fn is not None
 
 
 @pytest.mark.parametrize("name", REFERENCE)
