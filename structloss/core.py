@@ -217,8 +217,14 @@ class EmbeddingLoss(torch.nn.Module):
         return the input dtype."""
         self.check_inputs(embeddings, labels, *args, **kwargs)
         ref = self.check_reference(embeddings, ref_emb, ref_labels, self_in_ref)
+        return self.compute_checked(embeddings, labels, *args, ref=ref, **kwargs)
+
+    def compute_checked(self, embeddings: torch.Tensor, labels: torch.Tensor, *args,
+                        ref: dict | None = None, **kwargs) -> torch.Tensor:
+        """`forward` after its checks (`ref` from `check_reference`): `compute` in
+        >= float32, autocast off, input dtype out. For callers that checked the inputs."""
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            z, ref = self.cast(embeddings, ref)
+            z, ref = self.cast(embeddings, ref or {})
             loss = self.compute(z, labels, *args, **ref, **kwargs)
         return loss.to(embeddings.dtype)
 

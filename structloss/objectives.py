@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from .core import (EmbeddingLoss, check_class_ids, check_embeddings_labels,
                              check_finite, check_labels, compute_dtype)
-from .contrastive import SupConLoss, flatten_views
+from .contrastive import flatten_views
 
 # %% auto #0
 __all__ = ['RESERVED_NAMES', 'term_name', 'Objective', 'cross_entropy', 'ce_plus', 'loss_only', 'silhouette_objective',
@@ -90,13 +90,13 @@ def _skips_checks(loss, n: int) -> bool:
     "True if `loss` may skip the checks the objective made: the base class's checks."
     return (isinstance(loss, EmbeddingLoss) and n >= loss.min_samples
             and type(loss).check_inputs is EmbeddingLoss.check_inputs
-            and type(loss).forward in (EmbeddingLoss.forward, SupConLoss.forward))
+            and (type(loss).forward is EmbeddingLoss.forward        # or one that only
+                 or getattr(loss, "accepts_views", False)))          # flattens views
 
 def _term_value(loss, embeddings, labels, flat, flat_labels, checked: bool):
     "One term's value; on inputs the objective has checked, through the loss's `compute`."
     if checked and _skips_checks(loss, len(flat)):
-        with torch.autocast(device_type=flat.device.type, enabled=False):   # as `forward`
-            value = loss.compute(flat.to(compute_dtype(flat)), flat_labels).to(flat.dtype)
+        value = loss.compute_checked(flat, flat_labels)      # `forward`, unchecked
     elif getattr(loss, "accepts_views", False): value = loss(embeddings, labels)
     else: value = loss(flat, flat_labels)
     if value.ndim != 0:
