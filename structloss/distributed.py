@@ -25,7 +25,8 @@ __all__ = ['COMM_METHODS', 'COLAB_DATASET_SIZES', 'T4_ASSUMPTIONS', 'COLAB_SESSI
            'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts', 'global_silhouette_score',
            'ClassSumSoftSilhouetteLoss', 'ClassSumMagnetLoss', 'run_on_ranks', 'global_batch_worker',
            'global_batch_checks', 'single_process_reference', 'communication_bytes', 'measure_communication',
-           'ShardedClassBalancedSampler', 'model_flops', 'colab_estimate', 'experiment_chapters', 'colab_estimates']
+           'ShardedClassBalancedSampler', 'model_flops', 'colab_estimate', 'experiment_chapters', 'chapter_run_times',
+           'colab_estimates']
 
 # %% ../nbs/41_distributed.ipynb #187a2732
 def rank_and_world_size(group=None) -> tuple[int, int]:
@@ -780,40 +781,54 @@ def colab_estimate(exp, assumptions: dict | None = None) -> dict:
     }
 
 
-_CHAPTER_MAP = """
-import importlib, inspect, json, re, sys
-from structloss import experiments as ex
-owner = {name: "structloss.experiments" for name in ex.EXPERIMENTS}  # its own baselines
-register = ex.register_experiment
-# the structloss module that registers each experiment
-def recording(exp, *args, **kwargs):
-    for f in inspect.stack()[1:]:
-        m = f.frame.f_globals.get("__name__", "")
-        if m.startswith("structloss.") and m != "structloss.experiments":
-            owner.setdefault(exp.name, m); break
-    return register(exp, *args, **kwargs)
-ex.register_experiment = recording
-ex._import_all()
-def chapter(m):
-    src = open(importlib.import_module(m).__file__).read(2000)
-    nb = re.search(r"File to edit: \\.\\./nbs/(\\w+)\\.ipynb", src)
-    return nb.group(1) if nb else m
-json.dump({name: chapter(m) for name, m in owner.items()}, sys.stdout)
-"""
-
-
 def experiment_chapters() -> dict[str, str]:
     "Each registered experiment's chapter: the notebook of the module that registers it."
-    import json, subprocess, sys
+    from structloss.experiments import EXPERIMENTS, _import_all, experiment_chapter
 
-    out = subprocess.run(
-        [sys.executable, "-c", _CHAPTER_MAP],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    return json.loads(out.stdout)
+    _import_all()
+    chapters = {name: experiment_chapter(name) for name in sorted(EXPERIMENTS)}
+    return {name: chapter for name, chapter in chapters.items() if chapter}
+
+
+def chapter_run_times(profile: str = "cpu", out_dir: str | None = None) -> list[dict]:
+    """Measured minutes of each chapter run from scratch in `profile`: its experiments' stored
+    runs, the benchmark's, and its own cells' (`runs/chapters/<profile>.json`)."""
+    import json
+    from structloss.experiments import (EXPERIMENTS, _same_experiment, default_runs_dir,
+                                        load_result)
+
+    runs, rows = out_dir or default_runs_dir(), {}
+    def row(chapter):
+        return rows.setdefault(chapter, {"chapter": chapter, "experiments": 0, "stored": 0,
+                                         "runs_min": 0.0, "cells_min": None})
+    for name, chapter in experiment_chapters().items():
+        exp = EXPERIMENTS[name]
+        if exp.profiles.get(profile, {}) is None:  # not run in this profile
+            continue
+        r = row(chapter)
+        r["experiments"] += 1
+        try:
+            stored = load_result(name, profile, runs)
+        except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+        # only a run of the experiment as defined now counts
+        if _same_experiment(stored, exp.resolve(profile)) and stored.wall_s:
+            r["stored"] += 1
+            r["runs_min"] += stored.wall_s / 60
+    bench = os.path.join(runs, "bench", profile, "bench.json")
+    r = row("40_performance")
+    r["experiments"] += 1
+    if os.path.exists(bench):
+        with open(bench) as f:
+            r["stored"], r["runs_min"] = r["stored"] + 1, json.load(f)["wall_s"] / 60
+    cells = os.path.join(runs, "chapters", f"{profile}.json")
+    if os.path.exists(cells):
+        with open(cells) as f:
+            for chapter, t in json.load(f).items():
+                row(chapter)["cells_min"] = t["seconds"] / 60
+    for r in rows.values():
+        r["total_min"] = r["runs_min"] + (r["cells_min"] or 0.0)
+    return [rows[c] for c in sorted(rows)]
 
 
 def colab_estimates(
