@@ -791,16 +791,17 @@ def experiment_chapters() -> dict[str, str]:
 
 
 def chapter_run_times(profile: str = "cpu", out_dir: str | None = None) -> list[dict]:
-    """Measured minutes of each chapter run from scratch in `profile`: its experiments' stored
-    runs, the benchmark's, and its own cells' (`runs/chapters/<profile>.json`)."""
+    """Measured minutes of each chapter run from scratch in `profile`: its experiments'
+    stored runs, the benchmark's, and its own cells' (`runs/chapters/<profile>.json`)."""
     import json
     from structloss.experiments import (EXPERIMENTS, _same_experiment, default_runs_dir,
                                         load_result)
 
     runs, rows = out_dir or default_runs_dir(), {}
     def row(chapter):
-        return rows.setdefault(chapter, {"chapter": chapter, "experiments": 0, "stored": 0,
-                                         "runs_min": 0.0, "cells_min": None})
+        new = {"chapter": chapter, "experiments": 0, "stored": 0, "runs_min": 0.0,
+               "cells_min": None}
+        return rows.setdefault(chapter, new)
     for name, chapter in experiment_chapters().items():
         exp = EXPERIMENTS[name]
         if exp.profiles.get(profile, {}) is None:  # not run in this profile

@@ -128,8 +128,8 @@ def register_experiment(exp: Experiment, overwrite: bool = False) -> Experiment:
     EXPERIMENTS[exp.name] = exp
     # the caller, past this module's own helpers (not its top level: its baselines)
     f = sys._getframe(1)
-    while f.f_back and f.f_globals["__name__"] == __name__ and f.f_code.co_name != "<module>":
-        f = f.f_back
+    own = lambda f: f.f_globals["__name__"] == __name__ and f.f_code.co_name != "<module>"
+    while f.f_back and own(f): f = f.f_back
     REGISTERED_IN[exp.name] = f.f_globals.get("__name__", "__main__")
     return exp
 

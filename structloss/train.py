@@ -45,7 +45,7 @@ class TrainConfig:
     min_delta: float = 0.0
     restore_best: bool = True
     amp: bool | str = "auto"
-    amp_dtype: str = "auto"  # "bfloat16", "float16" (loss scaling); "auto": bf16 if supported
+    amp_dtype: str = "auto"  # or "bfloat16", "float16" (scaled loss)
     grad_clip: float | None = None
     device: str | None = None
     num_workers: int = 0
@@ -102,7 +102,8 @@ class TrainConfig:
         )
         need(
             self.amp_dtype in ("auto", "bfloat16", "float16"),
-            f"`amp_dtype` must be 'auto', 'bfloat16' or 'float16'; got {self.amp_dtype!r}.",
+            f"`amp_dtype` must be 'auto', 'bfloat16' or 'float16'; "
+            f"got {self.amp_dtype!r}.",
         )
         need(
             self.distributed in (True, False, "auto"),

@@ -21,6 +21,7 @@ def test_profiles_merge():
 
 
 def test_registry(monkeypatch):
+    E._import_all()   # first: modules imported inside the patch would register into the copy
     monkeypatch.setattr(E, "EXPERIMENTS", dict(E.EXPERIMENTS))
     exp = E.Experiment("my_exp", "digits", model={"encoder": "mlp"})
     E.register_experiment(exp)

@@ -30,8 +30,8 @@ _DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
 # first); anywhere else it does nothing. Hidden in the book.
 COLAB_INSTALL = "structloss[colab] @ git+https://github.com/structloss/structloss"
 COLAB_CELL = """#| hide
-# On Colab: install structloss, then run the book's `cpu` profile on the CPU, as printed.
-# For the papers' protocol on the GPU, run `%env STRUCTLOSS_PROFILE=colab` before this cell.
+# On Colab: install structloss; run the book's `cpu` profile on the CPU, as printed.
+# The papers' protocol on the GPU: `%env STRUCTLOSS_PROFILE=colab` before this cell.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.environ.get("STRUCTLOSS_INSTALLED"):
     pkg = "{COLAB_INSTALL}"
