@@ -17,7 +17,7 @@ from .geometry import (check_metric, class_counts, class_sums, safe_normalize,
                                  squared_euclidean_distances)
 from .magnet import MagnetLoss
 from .samplers import ClassBalancedSampler
-from .silhouette import SoftSilhouetteLoss, smooth_max
+from .silhouette import SoftSilhouetteLoss, silhouette_from_class_distances
 
 # %% auto #0
 __all__ = ['COMM_METHODS', 'COLAB_DATASET_SIZES', 'T4_ASSUMPTIONS', 'COLAB_SESSION_HOURS', 'rank_and_world_size',
@@ -230,14 +230,12 @@ def global_silhouette_parts(
     metric: str = "cosine",
     group=None,
 ):
-    "`silhouette_parts` of this rank's rows against the global batch."
+    """`class_distances` (chapter 10) of this rank's rows against the global batch:
+    `a(i)` `[N_r]`, `d(i, c)` `[N_r, C]`, global class sizes `[C]`, mates `[N_r]`."""
     T, n = global_class_distance_sums(z, ids, num_classes, metric, group)
-    own = F.one_hot(ids, num_classes).bool()  # (N_r, C)
-    n_own = n[ids]  # (N_r,)
-    a = (T * own).sum(1) / (n_own - 1).clamp_min(1)
-    d_ic = T / n.clamp_min(1)
-    other = ~own & (n > 0)[None, :]
-    return a, d_ic, other, n_own
+    mates = n[ids] - 1
+    a = T.gather(1, ids[:, None]).squeeze(1) / mates.clamp_min(1)  # eq. 8
+    return a, T / n.clamp_min(1), n, mates
 
 
 def _check_ids(labels: torch.Tensor, num_classes, owner: str = "a class-sum loss"):
@@ -261,14 +259,15 @@ def global_silhouette_score(
     check_labels(labels, embeddings.shape[0])
     ids = _check_ids(labels, num_classes)
     z = embeddings.double()
-    a, d_ic, other, n_own = global_silhouette_parts(z, ids, num_classes, metric, group)
+    a, d_ic, n, mates = global_silhouette_parts(z, ids, num_classes, metric, group)
+    classes = torch.arange(num_classes, device=ids.device)
+    other = (n > 0)[None, :] & (ids[:, None] != classes)
     b = d_ic.masked_fill(~other, float("inf")).min(1).values
     denom = torch.maximum(a, b)
     tiny = torch.finfo(z.dtype).tiny
-    s = torch.where((n_own > 1) & (denom > 0), (b - a) / denom.clamp_min(tiny), 0.0)
+    s = torch.where((mates > 0) & (denom > 0), (b - a) / denom.clamp_min(tiny), 0.0)
     total = all_reduce_sum(torch.stack([s.sum(), z.new_tensor(float(len(s)))]), group)
-    counts = all_reduce_sum(class_counts(ids, num_classes, z.dtype), group)
-    C_present, N = int((counts > 0).sum()), int(total[1])
+    C_present, N = int((n > 0).sum()), int(total[1])
     if not 2 <= C_present <= N - 1:
         raise ValueError(
             f"the silhouette needs 2 <= number of classes <= N - 1; got {C_present} "
@@ -297,6 +296,11 @@ class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
             raise ValueError(
                 "ranks must agree on class ids: give `num_classes` (or to `loss`)."
             )
+        if loss.reduction == "none":
+            raise ValueError(
+                "a class-sum loss returns the global batch's loss: build `loss` with "
+                "reduction='mean' or 'sum' (per-sample terms: GlobalBatchLoss)."
+            )
         if loss.metric == "euclidean":
             raise ValueError(
                 "class sums give euclidean distance sums only approximately; use "
@@ -305,36 +309,29 @@ class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
 
     def compute(self, embeddings, labels):
         L, ids, C = self.base, _check_ids(labels, self.num_classes), self.num_classes
-        tau = L.temperature
-        beta = tau if L.softmin_temperature is None else L.softmin_temperature
-        a, d_ic, other, n_own = global_silhouette_parts(
+        a, d_ic, n, mates = global_silhouette_parts(
             embeddings, ids, C, L.metric, self.group
         )
-        # eqs. 10-13 of SoftSilhouetteLoss
-        has_other = other.any(1)
-        logits = (-d_ic / beta).masked_fill(~other, float("-inf"))
-        logits = torch.where(has_other[:, None], logits, torch.zeros_like(logits))
-        if L.soft_min == "logsumexp":
-            b = -beta * torch.logsumexp(logits, dim=1)
-        else:
-            b = (torch.softmax(logits, dim=1) * d_ic.masked_fill(~other, 0)).sum(1)
-        defined = (n_own > 1) & has_other
-        s = (b - a) / (smooth_max(a, b, tau) + L.eps)
-        s = torch.where(defined, s, torch.zeros_like(s))
-        if L.singletons == "zero":
-            defined = defined | ((n_own == 1) & has_other)
+        scale = None
+        if L.temperature_scale == "relative":  # the global batch's mean d(i, c), c != y_i
+            other = (n > 0)[None, :] & (ids[:, None] != torch.arange(C, device=ids.device))
+            w = other.to(d_ic.dtype)
+            sums = all_reduce_sum(torch.stack([(d_ic.detach() * w).sum(), w.sum()]),
+                                  self.group)
+            scale = (sums[0] / sums[1].clamp_min(1)).clamp_min(1e-12)
+        # eqs. 10-13 and the terms of SoftSilhouetteLoss
+        term, defined = L.terms_of_scores(*silhouette_from_class_distances(
+            a, d_ic, ids, n, mates, L.temperature, L.softmin_temperature, L.soft_min,
+            L.eps, L.temperature_scale, scale))
+        # this rank's share of the global sum, or of the mean over the global V
+        part = term.sum()
+        if L.reduction == "mean":
+            count = all_reduce_sum(defined.sum().to(term.dtype), self.group)
+            part = part / count.detach().clamp_min(1)
         R = rank_and_world_size(self.group)[1]
-        count = all_reduce_sum(defined.sum().to(s.dtype), self.group).detach()
-        # this rank's share of mean s~
-        part = s.sum() / count.clamp_min(1)
-        mean_s = all_reduce_sum(part.detach(), self.group)
         # value: the global loss on every rank; gradient: R x this rank's share
-        surrogate = R * (part - part.detach())
-        if L.loss_form == "one_minus_mean":
-            return torch.where(
-                count > 0, 1 - mean_s - surrogate, (mean_s - surrogate) * 0
-            )
-        return -mean_s - surrogate
+        return all_reduce_sum(part.detach(), self.group) + R * (part - part.detach())
+
 
 # %% ../nbs/41_distributed.ipynb #c251c0b2
 class ClassSumMagnetLoss(EmbeddingLoss):
