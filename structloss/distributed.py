@@ -20,12 +20,12 @@ from .samplers import ClassBalancedSampler
 from .silhouette import SoftSilhouetteLoss, silhouette_from_class_distances
 
 # %% auto #0
-__all__ = ['COMM_METHODS', 'COLAB_DATASET_SIZES', 'T4_ASSUMPTIONS', 'COLAB_SESSION_HOURS', 'rank_and_world_size',
+__all__ = ['COMM_METHODS', 'COLAB_SESSION_HOURS', 'COLAB_DATASET_SIZES', 'T4_ASSUMPTIONS', 'rank_and_world_size',
            'track_communication', 'gather_sizes', 'all_gather_with_grad', 'gather_batch', 'GlobalBatchLoss',
            'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts', 'global_silhouette_score',
            'ClassSumSoftSilhouetteLoss', 'ClassSumMagnetLoss', 'run_on_ranks', 'global_batch_worker',
            'global_batch_checks', 'single_process_reference', 'communication_bytes', 'measure_communication',
-           'ShardedClassBalancedSampler', 'model_flops', 'colab_estimate', 'experiment_chapters', 'chapter_run_times',
+           'ShardedClassBalancedSampler', 'experiment_chapters', 'chapter_run_times', 'model_flops', 'colab_estimate',
            'colab_estimates']
 
 # %% ../nbs/41_distributed.ipynb #187a2732
@@ -639,6 +639,61 @@ class ShardedClassBalancedSampler(Sampler):
         self.epoch += 1
         yield from batches
 
+# %% ../nbs/41_distributed.ipynb #d558d575
+COLAB_SESSION_HOURS = 12  # the longest a free Colab session lasts
+
+
+def experiment_chapters() -> dict[str, str]:
+    "Each registered experiment's chapter: the notebook of the module that registers it."
+    from structloss.experiments import EXPERIMENTS, _import_all, experiment_chapter
+
+    _import_all()
+    chapters = {name: experiment_chapter(name) for name in sorted(EXPERIMENTS)}
+    return {name: chapter for name, chapter in chapters.items() if chapter}
+
+
+def chapter_run_times(profile: str = "cpu", out_dir: str | None = None) -> list[dict]:
+    """Measured minutes of each chapter run from scratch in `profile`: its experiments'
+    stored runs, the benchmark's, and its own cells' (`runs/chapters/<profile>.json`)."""
+    import json
+    from structloss.experiments import (EXPERIMENTS, _same_experiment, default_runs_dir,
+                                        load_result)
+
+    runs, rows = out_dir or default_runs_dir(), {}
+    def row(chapter):
+        new = {"chapter": chapter, "experiments": 0, "stored": 0, "runs_min": 0.0,
+               "cells_min": None}
+        return rows.setdefault(chapter, new)
+    for name, chapter in experiment_chapters().items():
+        exp = EXPERIMENTS[name]
+        if exp.profiles.get(profile, {}) is None:  # not run in this profile
+            continue
+        r = row(chapter)
+        r["experiments"] += 1
+        try:
+            stored = load_result(name, profile, runs)
+        except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+        # only a run of the experiment as defined now counts
+        if _same_experiment(stored, exp.resolve(profile)) and stored.wall_s:
+            r["stored"] += 1
+            r["runs_min"] += stored.wall_s / 60
+    bench = os.path.join(runs, "bench", profile, "bench.json")
+    r = row("40_performance")
+    r["experiments"] += 1
+    if os.path.exists(bench):
+        with open(bench) as f:
+            r["stored"], r["runs_min"] = r["stored"] + 1, json.load(f)["wall_s"] / 60
+    cells = os.path.join(runs, "chapters", f"{profile}.json")
+    if os.path.exists(cells):
+        with open(cells) as f:
+            for chapter, t in json.load(f).items():
+                row(chapter)["cells_min"] = t["seconds"] / 60
+    for r in rows.values():
+        r["total_min"] = r["runs_min"] + (r["cells_min"] or 0.0)
+    return [rows[c] for c in sorted(rows)]
+
+
 # %% ../nbs/41_distributed.ipynb #aa14efa8
 # (train, val) samples of each `colab` dataset after the book's splits (the datasets'
 # documented sizes; `stratified_split` keeps val_fraction = 0.1 of the official training
@@ -663,7 +718,6 @@ T4_ASSUMPTIONS = {
     "images_per_s_small": 4000.0,
     "step_overhead_s": 0.02,
 }
-COLAB_SESSION_HOURS = 12  # the longest a free Colab session lasts
 
 _LOADED: dict = {}
 
@@ -776,57 +830,6 @@ def colab_estimate(exp, assumptions: dict | None = None) -> dict:
         "train GFLOP/sample": train_flops / 1e9,
         "seconds": seeds * seed_s,
     }
-
-
-def experiment_chapters() -> dict[str, str]:
-    "Each registered experiment's chapter: the notebook of the module that registers it."
-    from structloss.experiments import EXPERIMENTS, _import_all, experiment_chapter
-
-    _import_all()
-    chapters = {name: experiment_chapter(name) for name in sorted(EXPERIMENTS)}
-    return {name: chapter for name, chapter in chapters.items() if chapter}
-
-
-def chapter_run_times(profile: str = "cpu", out_dir: str | None = None) -> list[dict]:
-    """Measured minutes of each chapter run from scratch in `profile`: its experiments'
-    stored runs, the benchmark's, and its own cells' (`runs/chapters/<profile>.json`)."""
-    import json
-    from structloss.experiments import (EXPERIMENTS, _same_experiment, default_runs_dir,
-                                        load_result)
-
-    runs, rows = out_dir or default_runs_dir(), {}
-    def row(chapter):
-        new = {"chapter": chapter, "experiments": 0, "stored": 0, "runs_min": 0.0,
-               "cells_min": None}
-        return rows.setdefault(chapter, new)
-    for name, chapter in experiment_chapters().items():
-        exp = EXPERIMENTS[name]
-        if exp.profiles.get(profile, {}) is None:  # not run in this profile
-            continue
-        r = row(chapter)
-        r["experiments"] += 1
-        try:
-            stored = load_result(name, profile, runs)
-        except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError):
-            continue
-        # only a run of the experiment as defined now counts
-        if _same_experiment(stored, exp.resolve(profile)) and stored.wall_s:
-            r["stored"] += 1
-            r["runs_min"] += stored.wall_s / 60
-    bench = os.path.join(runs, "bench", profile, "bench.json")
-    r = row("40_performance")
-    r["experiments"] += 1
-    if os.path.exists(bench):
-        with open(bench) as f:
-            r["stored"], r["runs_min"] = r["stored"] + 1, json.load(f)["wall_s"] / 60
-    cells = os.path.join(runs, "chapters", f"{profile}.json")
-    if os.path.exists(cells):
-        with open(cells) as f:
-            for chapter, t in json.load(f).items():
-                row(chapter)["cells_min"] = t["seconds"] / 60
-    for r in rows.values():
-        r["total_min"] = r["runs_min"] + (r["cells_min"] or 0.0)
-    return [rows[c] for c in sorted(rows)]
 
 
 def colab_estimates(
