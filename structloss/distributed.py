@@ -25,8 +25,8 @@ __all__ = ['COMM_METHODS', 'COLAB_SESSION_HOURS', 'COLAB_DATASET_SIZES', 'T4_ASS
            'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts', 'global_silhouette_score',
            'ClassSumSoftSilhouetteLoss', 'ClassSumMagnetLoss', 'run_on_ranks', 'global_batch_worker',
            'global_batch_checks', 'single_process_reference', 'communication_bytes', 'measure_communication',
-           'ShardedClassBalancedSampler', 'experiment_chapters', 'chapter_run_times', 'model_flops', 'colab_estimate',
-           'colab_estimates']
+           'ShardedClassBalancedSampler', 'train_digits', 'train_digits_worker', 'experiment_chapters',
+           'chapter_run_times', 'model_flops', 'colab_estimate', 'colab_estimates']
 
 # %% ../nbs/41_distributed.ipynb #187a2732
 def rank_and_world_size(group=None) -> tuple[int, int]:
@@ -638,6 +638,58 @@ class ShardedClassBalancedSampler(Sampler):
         batches = self.batches(self.epoch)
         self.epoch += 1
         yield from batches
+
+# %% ../nbs/41_distributed.ipynb #3edcc243
+def train_digits(
+    epochs: int = 5,
+    m: int = 4,  # samples per class in a batch
+    p: int = 10,  # classes per global batch (a multiple of the number of ranks)
+    lr: float = 3e-3,
+    seed: int = 0,
+    proxies: bool = False,  # add a ProxyNCA term (parameters kept in sync by DDP)
+    out_dir: str | None = None,
+) -> dict:
+    """CE + SupCon (+ ProxyNCA) on digits with `train`, on this process's shard: history,
+    test accuracy, and how far the ranks' parameters differ."""
+    from structloss.contrastive import SupConLoss
+    from structloss.data import digits_splits
+    from structloss.models import build_model
+    from structloss.objectives import Objective
+    from structloss.proxies import ProxyNCALoss
+    from structloss.train import TrainConfig, embed, topk_accuracy, train
+
+    R = rank_and_world_size()[1]
+    data = digits_splits(seed=0)
+    torch.manual_seed(seed)  # DDP starts every rank from rank 0's weights anyway
+    model = build_model("mlp", data.input_shape, data.num_classes, embedding_dim=32)
+    terms = {"supcon": (SupConLoss(temperature=0.1), 1.0)}
+    if proxies:
+        proxy = ProxyNCALoss(data.num_classes, 32, softmax_scale=8, seed=0)
+        terms["proxy_nca"] = (proxy, 1.0)
+    objective = Objective(terms)
+    init = [q.detach().clone() for q in objective.parameters()]
+    cfg = TrainConfig(epochs=epochs, sampler={"m": m, "p": p}, lr=lr, scheduler=None,
+                      progress=False, restore_best=False)
+    res = train(model, objective, data, cfg, seed=seed, out_dir=out_dir)
+    logits, _, labels = embed(model, data.test)
+    params = list(model.parameters()) + list(objective.parameters())
+    flat = torch.cat([q.detach().flatten() for q in params])
+    spread = 0.0
+    if R > 1:  # parameters must be identical on every rank
+        lo, hi = flat.clone(), flat.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        spread = float((hi - lo).abs().max())
+    moved = [float((q.detach() - q0).abs().max())
+             for q, q0 in zip(objective.parameters(), init)]
+    return {"history": res.history, "test_acc": topk_accuracy(logits, labels),
+            "param_spread": spread, "params": flat, "proxies_moved": moved,
+            "world_size": R, "chance": 1 / data.num_classes}
+
+
+def train_digits_worker(rank: int, world_size: int, kwargs: dict) -> dict:
+    "`train_digits(**kwargs)` as a `run_on_ranks` function."
+    return train_digits(**kwargs)
 
 # %% ../nbs/41_distributed.ipynb #d558d575
 COLAB_SESSION_HOURS = 12  # the longest a free Colab session lasts

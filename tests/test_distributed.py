@@ -173,16 +173,14 @@ def test_sharded_sampler(mode, drop_last, R_):
     assert list(s) == per_rank[-1] and list(s) == s.batches(5)   # iterating advances the epoch
 
 def test_ddp_training_learns_and_matches_one_process():
-    """`train` under DDP (tools/ddp_train.py, 2 gloo ranks, CE + SupCon + ProxyNCA): it learns
+    """`train` under DDP (`train_digits`, run by tools/ddp_train.py; 2 gloo ranks, CE + SupCon +
+    ProxyNCA): it learns
     (validation accuracy > 0.7, 7 times chance), the ranks' weights and proxies stay identical, the
     proxies move, and the run is the one-process run on the same global batches."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    import ddp_train
+    from structloss.distributed import train_digits, train_digits_worker
     kw = {"epochs": 2, "proxies": True}
-    out = run_on_ranks(ddp_train._worker, R, (kw,))
-    one = ddp_train.run(**kw)
+    out = run_on_ranks(train_digits_worker, R, (kw,))
+    one = train_digits(**kw)
     for o in out:
         h = o["history"]
         assert o["world_size"] == R and o["param_spread"] == 0.0

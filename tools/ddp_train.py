@@ -1,4 +1,5 @@
-"""Train a small model on digits across processes with `structloss.train.train` under DDP.
+"""Train a small model on digits across processes with `structloss.train.train` under DDP
+(`structloss.distributed.train_digits`, chapter 41, is the training; this is its command line).
 
     torchrun --nproc_per_node 2 tools/ddp_train.py --epochs 5       # gloo on CPU, nccl on GPUs
     python tools/ddp_train.py --epochs 5                            # one process, for comparison
@@ -17,47 +18,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # run from a checkout as it is
-from structloss.contrastive import SupConLoss                        # noqa: E402
-from structloss.data import digits_splits                            # noqa: E402
-from structloss.distributed import rank_and_world_size               # noqa: E402
-from structloss.models import build_model                            # noqa: E402
-from structloss.objectives import Objective                          # noqa: E402
-from structloss.proxies import ProxyNCALoss                          # noqa: E402
-from structloss.train import TrainConfig, embed, topk_accuracy, train  # noqa: E402
-
-
-def run(epochs: int = 5, m: int = 4, p: int = 10, lr: float = 3e-3, seed: int = 0,
-        proxies: bool = False, out_dir: str | None = None) -> dict:
-    "Train on this process's shard; history, test accuracy, and how far the ranks' weights differ."
-    rank, R = rank_and_world_size()
-    data = digits_splits(seed=0)
-    torch.manual_seed(seed)                  # DDP starts every rank from rank 0's weights anyway
-    model = build_model("mlp", data.input_shape, data.num_classes, embedding_dim=32)
-    terms = {"supcon": (SupConLoss(temperature=0.1), 1.0)}
-    if proxies:
-        terms["proxy_nca"] = (ProxyNCALoss(data.num_classes, 32, softmax_scale=8, seed=0), 1.0)
-    objective = Objective(terms)
-    init = [q.detach().clone() for q in objective.parameters()]
-    cfg = TrainConfig(epochs=epochs, sampler={"m": m, "p": p}, lr=lr, scheduler=None,
-                      progress=False, restore_best=False)
-    res = train(model, objective, data, cfg, seed=seed, out_dir=out_dir)
-    logits, _, labels = embed(model, data.test)
-    flat = torch.cat([q.detach().flatten() for q in list(model.parameters())
-                      + list(objective.parameters())])
-    spread = 0.0
-    if R > 1:                                       # parameters must be identical on every rank
-        lo, hi = flat.clone(), flat.clone()
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN); dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        spread = float((hi - lo).abs().max())
-    moved = [float((q.detach() - q0).abs().max()) for q, q0 in zip(objective.parameters(), init)]
-    return {"history": res.history, "test_acc": topk_accuracy(logits, labels),
-            "param_spread": spread, "params": flat, "proxies_moved": moved, "world_size": R,
-            "chance": 1 / data.num_classes}
-
-
-def _worker(rank: int, world_size: int, kwargs: dict) -> dict:
-    "Entry point for `structloss.distributed.run_on_ranks` (tests, the chapter)."
-    return run(**kwargs)
+from structloss.distributed import rank_and_world_size, train_digits  # noqa: E402
 
 
 def main(argv=None):
@@ -77,7 +38,8 @@ def main(argv=None):
         if backend == "nccl": torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend)
     try:
-        out = run(args.epochs, args.m, args.p, args.lr, args.seed, args.proxies, args.out_dir)
+        out = train_digits(args.epochs, args.m, args.p, args.lr, args.seed, args.proxies,
+                           args.out_dir)
         if rank_and_world_size()[0] == 0:
             for r in out["history"]:
                 print(f"epoch {r['epoch']}: loss {r['train_total']:.4f}  "
