@@ -24,7 +24,8 @@ def tiny(data, seed=0, classifier=True):
                        encoder_kwargs={"width": 8})
 
 
-CFG = dict(batch_size=64, lr=3e-3, progress=False)
+# on the CPU: exact resumption needs deterministic kernels (a GPU's are not; test_device.py: GPU paths)
+CFG = dict(batch_size=64, lr=3e-3, progress=False, device="cpu")
 
 
 def test_a_tiny_run_learns(data, tmp_path):
@@ -153,7 +154,7 @@ def test_mixed_precision_runs_and_learns(data):
 def test_plateau_scheduler_divides_the_rate_on_a_validation_plateau(data):
     class Flat(torch.nn.Module):   # constant logits: the validation accuracy never improves
         def __init__(self): super().__init__(); self.b = torch.nn.Parameter(torch.zeros(10))
-        def forward(self, x): z = torch.zeros(len(x), 10) + 0 * self.b; return z, z
+        def forward(self, x): z = torch.zeros(len(x), 10, device=x.device) + 0 * self.b; return z, z
     cfg = TrainConfig(epochs=7, scheduler="plateau", plateau_factor=0.2, plateau_patience=2, **{**CFG, "lr": 1.0})
     res = train(Flat(), cross_entropy(), data, cfg)
     assert [round(r["lr"], 6) for r in res.history] == [1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 0.2]
