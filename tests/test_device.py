@@ -193,3 +193,29 @@ def test_project_2d_takes_tensors_with_a_graph():
     z = torch.randn(20, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
     xy = project_2d(z)
     assert isinstance(xy, np.ndarray) and xy.shape == (20, 2)
+
+
+@pytest.mark.parametrize("name", sorted(objectives()))
+def test_train_step_float16_autocast_values(name, one_thread):
+    """Real values under float16 autocast (as on a T4; the CPU runs it too): the total and the model's
+    gradient agree with float32 (the terms compute in float32), and stay finite, on digits."""
+    from structloss.data import digits_splits
+    data = digits_splits(seed=0)
+    x = torch.stack([data.train[i][0] for i in range(64)])
+    y = torch.as_tensor([int(data.train[i][1]) for i in range(64)])
+    make, views, classifier = objectives()[name]
+    if views > 1: x = torch.stack([x, x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))], 1)
+    out = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = build_model("digits_cnn", (1, 8, 8), 10 if classifier else None, embedding_dim=16,
+                            normalize=name != "latent_boost", encoder_kwargs={"width": 8})
+        objective = make(); objective.set_epoch(3, 5)
+        total, _, _, _ = TrainStep(model, objective, views, amp=amp, amp_dtype=torch.float16)(x, y)
+        total.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        assert torch.isfinite(total) and torch.isfinite(grad).all()
+        out[amp] = (total.detach(), grad)
+    (t32, g32), (t16, g16) = out[False], out[True]
+    torch.testing.assert_close(t16, t32, rtol=1e-2, atol=1e-3)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
