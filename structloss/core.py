@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PROFILES', 'PROFILE_ENV', 'CHECK_FINITE_ON_DEVICE', 'get_profile', 'is_smoke', 'by_profile', 'get_device',
-           'seed_everything', 'environment_report', 'print_environment', 'reads_values', 'check_embeddings',
-           'check_finite', 'check_labels', 'check_class_ids', 'check_choice', 'check_number', 'check_embeddings_labels',
-           'compute_dtype', 'masked_logsumexp', 'EmbeddingLoss']
+__all__ = ['PROFILES', 'PROFILE_ENV', 'DEVICE_ENV', 'CHECK_FINITE_ON_DEVICE', 'get_profile', 'is_smoke', 'by_profile',
+           'get_device', 'seed_everything', 'environment_report', 'print_environment', 'reads_values',
+           'check_embeddings', 'check_finite', 'check_labels', 'check_class_ids', 'check_choice', 'check_number',
+           'check_embeddings_labels', 'compute_dtype', 'masked_logsumexp', 'EmbeddingLoss']
 
 # %% ../nbs/00_core.ipynb #778fbe54
 PROFILES = ("smoke", "cpu", "colab")
@@ -41,9 +41,18 @@ def by_profile(smoke, cpu, colab=None):
     ]
 
 # %% ../nbs/00_core.ipynb #937abd7e
+DEVICE_ENV = "STRUCTLOSS_DEVICE"
+
 def get_device(prefer: str | None = None) -> torch.device:
-    "`prefer` if given, else the best available: CUDA, then Apple MPS, then CPU."
+    """`prefer` if given, else `$STRUCTLOSS_DEVICE` if set, else the best available: CUDA,
+    then Apple MPS, then CPU."""
     if prefer is not None: return torch.device(prefer)
+    if os.environ.get(DEVICE_ENV, "").strip():
+        name = os.environ[DEVICE_ENV].strip()
+        try: return torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"{DEVICE_ENV}={name!r} is not a device; use e.g. 'cpu', "
+                             f"'cuda', 'cuda:1' or 'mps', or unset it.") from None
     if torch.cuda.is_available(): return torch.device("cuda")
     if (
         getattr(torch.backends, "mps", None) is not None

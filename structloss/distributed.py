@@ -17,7 +17,7 @@ from .geometry import (check_metric, class_counts, class_sums, safe_normalize,
                                  squared_euclidean_distances)
 from .magnet import MagnetLoss
 from .samplers import ClassBalancedSampler
-from .silhouette import SoftSilhouetteLoss, smooth_max
+from .silhouette import SoftSilhouetteLoss, silhouette_from_class_distances
 
 # %% auto #0
 __all__ = ['COMM_METHODS', 'COLAB_DATASET_SIZES', 'T4_ASSUMPTIONS', 'COLAB_SESSION_HOURS', 'rank_and_world_size',
@@ -25,7 +25,8 @@ __all__ = ['COMM_METHODS', 'COLAB_DATASET_SIZES', 'T4_ASSUMPTIONS', 'COLAB_SESSI
            'all_reduce_sum', 'global_class_distance_sums', 'global_silhouette_parts', 'global_silhouette_score',
            'ClassSumSoftSilhouetteLoss', 'ClassSumMagnetLoss', 'run_on_ranks', 'global_batch_worker',
            'global_batch_checks', 'single_process_reference', 'communication_bytes', 'measure_communication',
-           'ShardedClassBalancedSampler', 'model_flops', 'colab_estimate', 'experiment_chapters', 'colab_estimates']
+           'ShardedClassBalancedSampler', 'model_flops', 'colab_estimate', 'experiment_chapters', 'chapter_run_times',
+           'colab_estimates']
 
 # %% ../nbs/41_distributed.ipynb #187a2732
 def rank_and_world_size(group=None) -> tuple[int, int]:
@@ -229,14 +230,12 @@ def global_silhouette_parts(
     metric: str = "cosine",
     group=None,
 ):
-    "`silhouette_parts` of this rank's rows against the global batch."
+    """`class_distances` (chapter 10) of this rank's rows against the global batch:
+    `a(i)` `[N_r]`, `d(i, c)` `[N_r, C]`, global class sizes `[C]`, mates `[N_r]`."""
     T, n = global_class_distance_sums(z, ids, num_classes, metric, group)
-    own = F.one_hot(ids, num_classes).bool()  # (N_r, C)
-    n_own = n[ids]  # (N_r,)
-    a = (T * own).sum(1) / (n_own - 1).clamp_min(1)
-    d_ic = T / n.clamp_min(1)
-    other = ~own & (n > 0)[None, :]
-    return a, d_ic, other, n_own
+    mates = n[ids] - 1
+    a = T.gather(1, ids[:, None]).squeeze(1) / mates.clamp_min(1)  # eq. 8
+    return a, T / n.clamp_min(1), n, mates
 
 
 def _check_ids(labels: torch.Tensor, num_classes, owner: str = "a class-sum loss"):
@@ -260,14 +259,15 @@ def global_silhouette_score(
     check_labels(labels, embeddings.shape[0])
     ids = _check_ids(labels, num_classes)
     z = embeddings.double()
-    a, d_ic, other, n_own = global_silhouette_parts(z, ids, num_classes, metric, group)
+    a, d_ic, n, mates = global_silhouette_parts(z, ids, num_classes, metric, group)
+    classes = torch.arange(num_classes, device=ids.device)
+    other = (n > 0)[None, :] & (ids[:, None] != classes)
     b = d_ic.masked_fill(~other, float("inf")).min(1).values
     denom = torch.maximum(a, b)
     tiny = torch.finfo(z.dtype).tiny
-    s = torch.where((n_own > 1) & (denom > 0), (b - a) / denom.clamp_min(tiny), 0.0)
+    s = torch.where((mates > 0) & (denom > 0), (b - a) / denom.clamp_min(tiny), 0.0)
     total = all_reduce_sum(torch.stack([s.sum(), z.new_tensor(float(len(s)))]), group)
-    counts = all_reduce_sum(class_counts(ids, num_classes, z.dtype), group)
-    C_present, N = int((counts > 0).sum()), int(total[1])
+    C_present, N = int((n > 0).sum()), int(total[1])
     if not 2 <= C_present <= N - 1:
         raise ValueError(
             f"the silhouette needs 2 <= number of classes <= N - 1; got {C_present} "
@@ -296,6 +296,11 @@ class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
             raise ValueError(
                 "ranks must agree on class ids: give `num_classes` (or to `loss`)."
             )
+        if loss.reduction == "none":
+            raise ValueError(
+                "a class-sum loss returns the global batch's loss: build `loss` with "
+                "reduction='mean' or 'sum' (per-sample terms: GlobalBatchLoss)."
+            )
         if loss.metric == "euclidean":
             raise ValueError(
                 "class sums give euclidean distance sums only approximately; use "
@@ -304,36 +309,29 @@ class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
 
     def compute(self, embeddings, labels):
         L, ids, C = self.base, _check_ids(labels, self.num_classes), self.num_classes
-        tau = L.temperature
-        beta = tau if L.softmin_temperature is None else L.softmin_temperature
-        a, d_ic, other, n_own = global_silhouette_parts(
+        a, d_ic, n, mates = global_silhouette_parts(
             embeddings, ids, C, L.metric, self.group
         )
-        # eqs. 10-13 of SoftSilhouetteLoss
-        has_other = other.any(1)
-        logits = (-d_ic / beta).masked_fill(~other, float("-inf"))
-        logits = torch.where(has_other[:, None], logits, torch.zeros_like(logits))
-        if L.soft_min == "logsumexp":
-            b = -beta * torch.logsumexp(logits, dim=1)
-        else:
-            b = (torch.softmax(logits, dim=1) * d_ic.masked_fill(~other, 0)).sum(1)
-        defined = (n_own > 1) & has_other
-        s = (b - a) / (smooth_max(a, b, tau) + L.eps)
-        s = torch.where(defined, s, torch.zeros_like(s))
-        if L.singletons == "zero":
-            defined = defined | ((n_own == 1) & has_other)
+        scale = None
+        if L.temperature_scale == "relative":  # the global batch's mean d(i, c), c != y_i
+            other = (n > 0)[None, :] & (ids[:, None] != torch.arange(C, device=ids.device))
+            w = other.to(d_ic.dtype)
+            sums = all_reduce_sum(torch.stack([(d_ic.detach() * w).sum(), w.sum()]),
+                                  self.group)
+            scale = (sums[0] / sums[1].clamp_min(1)).clamp_min(1e-12)
+        # eqs. 10-13 and the terms of SoftSilhouetteLoss
+        term, defined = L.terms_of_scores(*silhouette_from_class_distances(
+            a, d_ic, ids, n, mates, L.temperature, L.softmin_temperature, L.soft_min,
+            L.eps, L.temperature_scale, scale))
+        # this rank's share of the global sum, or of the mean over the global V
+        part = term.sum()
+        if L.reduction == "mean":
+            count = all_reduce_sum(defined.sum().to(term.dtype), self.group)
+            part = part / count.detach().clamp_min(1)
         R = rank_and_world_size(self.group)[1]
-        count = all_reduce_sum(defined.sum().to(s.dtype), self.group).detach()
-        # this rank's share of mean s~
-        part = s.sum() / count.clamp_min(1)
-        mean_s = all_reduce_sum(part.detach(), self.group)
         # value: the global loss on every rank; gradient: R x this rank's share
-        surrogate = R * (part - part.detach())
-        if L.loss_form == "one_minus_mean":
-            return torch.where(
-                count > 0, 1 - mean_s - surrogate, (mean_s - surrogate) * 0
-            )
-        return -mean_s - surrogate
+        return all_reduce_sum(part.detach(), self.group) + R * (part - part.detach())
+
 
 # %% ../nbs/41_distributed.ipynb #c251c0b2
 class ClassSumMagnetLoss(EmbeddingLoss):
@@ -781,40 +779,55 @@ def colab_estimate(exp, assumptions: dict | None = None) -> dict:
     }
 
 
-_CHAPTER_MAP = """
-import importlib, inspect, json, re, sys
-from structloss import experiments as ex
-owner = {name: "structloss.experiments" for name in ex.EXPERIMENTS}  # its own baselines
-register = ex.register_experiment
-# the structloss module that registers each experiment
-def recording(exp, *args, **kwargs):
-    for f in inspect.stack()[1:]:
-        m = f.frame.f_globals.get("__name__", "")
-        if m.startswith("structloss.") and m != "structloss.experiments":
-            owner.setdefault(exp.name, m); break
-    return register(exp, *args, **kwargs)
-ex.register_experiment = recording
-ex._import_all()
-def chapter(m):
-    src = open(importlib.import_module(m).__file__).read(2000)
-    nb = re.search(r"File to edit: \\.\\./nbs/(\\w+)\\.ipynb", src)
-    return nb.group(1) if nb else m
-json.dump({name: chapter(m) for name, m in owner.items()}, sys.stdout)
-"""
-
-
 def experiment_chapters() -> dict[str, str]:
     "Each registered experiment's chapter: the notebook of the module that registers it."
-    import json, subprocess, sys
+    from structloss.experiments import EXPERIMENTS, _import_all, experiment_chapter
 
-    out = subprocess.run(
-        [sys.executable, "-c", _CHAPTER_MAP],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    return json.loads(out.stdout)
+    _import_all()
+    chapters = {name: experiment_chapter(name) for name in sorted(EXPERIMENTS)}
+    return {name: chapter for name, chapter in chapters.items() if chapter}
+
+
+def chapter_run_times(profile: str = "cpu", out_dir: str | None = None) -> list[dict]:
+    """Measured minutes of each chapter run from scratch in `profile`: its experiments'
+    stored runs, the benchmark's, and its own cells' (`runs/chapters/<profile>.json`)."""
+    import json
+    from structloss.experiments import (EXPERIMENTS, _same_experiment, default_runs_dir,
+                                        load_result)
+
+    runs, rows = out_dir or default_runs_dir(), {}
+    def row(chapter):
+        new = {"chapter": chapter, "experiments": 0, "stored": 0, "runs_min": 0.0,
+               "cells_min": None}
+        return rows.setdefault(chapter, new)
+    for name, chapter in experiment_chapters().items():
+        exp = EXPERIMENTS[name]
+        if exp.profiles.get(profile, {}) is None:  # not run in this profile
+            continue
+        r = row(chapter)
+        r["experiments"] += 1
+        try:
+            stored = load_result(name, profile, runs)
+        except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+        # only a run of the experiment as defined now counts
+        if _same_experiment(stored, exp.resolve(profile)) and stored.wall_s:
+            r["stored"] += 1
+            r["runs_min"] += stored.wall_s / 60
+    bench = os.path.join(runs, "bench", profile, "bench.json")
+    r = row("40_performance")
+    r["experiments"] += 1
+    if os.path.exists(bench):
+        with open(bench) as f:
+            r["stored"], r["runs_min"] = r["stored"] + 1, json.load(f)["wall_s"] / 60
+    cells = os.path.join(runs, "chapters", f"{profile}.json")
+    if os.path.exists(cells):
+        with open(cells) as f:
+            for chapter, t in json.load(f).items():
+                row(chapter)["cells_min"] = t["seconds"] / 60
+    for r in rows.values():
+        r["total_min"] = r["runs_min"] + (r["cells_min"] or 0.0)
+    return [rows[c] for c in sorted(rows)]
 
 
 def colab_estimates(

@@ -8,7 +8,7 @@ Docs: https://structloss.github.io/structloss/experiments.html.md"""
 
 # %% ../nbs/24_experiments.ipynb #c823d27c
 from __future__ import annotations
-import argparse, copy, csv, importlib, inspect, json, os, pkgutil, sys, time
+import argparse, copy, csv, importlib, inspect, json, os, pkgutil, re, sys, time
 from dataclasses import dataclass, field, asdict
 import numpy as np
 import torch
@@ -18,10 +18,10 @@ from .models import build_model
 from .train import TrainConfig, train, evaluate, embed
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'SUITES', 'Experiment', 'register_experiment', 'get_experiment', 'register_suite', 'get_suite',
-           'resolve_loss', 'build_objective', 'ExperimentResult', 'summarize', 'format_table', 'run_experiment',
-           'save_result', 'plot_history', 'project_2d', 'plot_embeddings', 'plot_results', 'default_runs_dir',
-           'load_result', 'run_or_load', 'run_suite', 'glue', 'main']
+__all__ = ['EXPERIMENTS', 'SUITES', 'REGISTERED_IN', 'Experiment', 'register_experiment', 'experiment_chapter', 'get_experiment',
+           'register_suite', 'get_suite', 'resolve_loss', 'build_objective', 'ExperimentResult', 'summarize',
+           'format_table', 'run_experiment', 'save_result', 'plot_history', 'project_2d', 'plot_embeddings',
+           'plot_results', 'default_runs_dir', 'load_result', 'run_or_load', 'run_suite', 'glue', 'main']
 
 # %% ../nbs/24_experiments.ipynb #b14d6ef3
 _FIELDS = ("dataset", "dataset_kwargs", "model", "objective", "train", "seeds",
@@ -117,13 +117,31 @@ SUITES: dict[str, dict] = {}
 _BENCH = {"core", "geometry", "data", "samplers", "models", "train", "experiments",
           "_modidx"}
 
+# {name: the module (or notebook, "__main__") whose code registered it}
+REGISTERED_IN: dict[str, str] = {}
+
 def register_experiment(exp: Experiment, overwrite: bool = False) -> Experiment:
     "Add `exp` to `EXPERIMENTS` under its name."
     if exp.name in EXPERIMENTS and not overwrite and EXPERIMENTS[exp.name] != exp:
         raise ValueError(f"An experiment named {exp.name!r} is already registered; pass "
                          "overwrite=True to replace it.")
     EXPERIMENTS[exp.name] = exp
+    # the caller, past this module's own helpers (not its top level: its baselines)
+    f = sys._getframe(1)
+    own = lambda f: f.f_globals["__name__"] == __name__ and f.f_code.co_name != "<module>"
+    while f.f_back and own(f): f = f.f_back
+    REGISTERED_IN[exp.name] = f.f_globals.get("__name__", "__main__")
     return exp
+
+def experiment_chapter(name: str) -> str | None:
+    "The chapter (notebook name) whose module registered experiment `name`; None if none."
+    get_experiment(name)
+    module = sys.modules.get(REGISTERED_IN.get(name, ""))
+    source = getattr(module, "__file__", None)
+    if not (source and source.endswith(".py")): return None
+    with open(source) as f:
+        found = re.search(r"\.\./nbs/(\w+)\.ipynb", f.read())
+    return found.group(1) if found else None
 
 def _structloss_modules() -> list[str]:
     import structloss

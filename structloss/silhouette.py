@@ -17,7 +17,7 @@ from .geometry import (check_metric, class_counts, class_index, class_sums,
 
 # %% auto #0
 __all__ = ['SOFT_MINS', 'TEMPERATURE_SCALES', 'SILHOUETTE_REDUCTIONS', 'LOSS_FORMS', 'smooth_max', 'class_distances',
-           'distance_scale', 'soft_silhouette_samples', 'SoftSilhouetteLoss']
+           'distance_scale', 'silhouette_from_class_distances', 'soft_silhouette_samples', 'SoftSilhouetteLoss']
 
 # %% ../nbs/10_silhouette.ipynb #bf085a4d
 def smooth_max(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -96,15 +96,28 @@ def _soft_silhouette(z: torch.Tensor, labels: torch.Tensor, temperature: float =
                      ref_labels: torch.Tensor | None = None, self_in_ref: bool = False):
     "Eqs. 7-13 on checked inputs: (s_tilde, defined, anchor without mates), each `[N]`."
     if ref_emb is None: ref_emb, ref_labels, self_in_ref = z, labels, True  # the batch
-    tau = temperature
-    beta = temperature if softmin_temperature is None else softmin_temperature
     ids, ref_ids, C = _class_ids(labels, ref_labels, num_classes)
     a, d_ic, n, mates = class_distances(z, ids, ref_emb, ref_ids, C, metric, self_in_ref)
+    return silhouette_from_class_distances(a, d_ic, ids, n, mates, temperature,
+                                           softmin_temperature, soft_min, eps,
+                                           temperature_scale)
+
+def silhouette_from_class_distances(
+    a, d_ic, ids, n, mates, # a(i) [N], d(i, c) [N, C], ids [N], n_c [C], |P(i)| [N]
+    temperature: float = 0.1, softmin_temperature: float | None = None,
+    soft_min: str = "softmax", eps: float = 1e-8, temperature_scale: str = "absolute",
+    scale: torch.Tensor | None = None, # "relative": the distance scale; None: this batch's
+):
+    "Eqs. 10-13 from the class distances: `(s~, defined, anchor without mates)`, each `[N]`."
+    tau = temperature
+    beta = temperature if softmin_temperature is None else softmin_temperature
+    C = d_ic.shape[1]
     present = n > 0                                                    # (C,) in ref
     has_other = present.sum() > present[ids].long()                   # (N,) a c != y_i
     if temperature_scale == "relative":          # tau, beta in units of the d(i, c)
-        other = present[None, :] & (ids[:, None] != torch.arange(C, device=z.device))
-        scale = distance_scale(d_ic, other)
+        if scale is None:
+            other = present[None, :] & (ids[:, None] != torch.arange(C, device=ids.device))
+            scale = distance_scale(d_ic, other)
         tau, beta = tau * scale, beta * scale
     low = torch.finfo(d_ic.dtype).min            # a finite "-inf": rows stay finite
     logits = torch.where(present, -d_ic / beta, low)                   # (N, C)
@@ -187,7 +200,10 @@ class SoftSilhouetteLoss(EmbeddingLoss):
 
     def terms(self, embeddings, labels, **ref):
         "Per-sample terms `[N]` (`1 - s~(i)` or `-s~(i)`; 0 outside V) and the mask of V."
-        s, defined, singleton = self.scores(embeddings, labels, **ref)
+        return self.terms_of_scores(*self.scores(embeddings, labels, **ref))
+
+    def terms_of_scores(self, s, defined, singleton):
+        "`terms` from `scores`: per-sample terms `[N]` and the mask of V."
         if self.singletons == "zero": defined = defined | singleton   # in V, s~ = 0
         term = 1 - s if self.loss_form == "one_minus_mean" else -s
         return torch.where(defined, term, 0), defined

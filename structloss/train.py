@@ -45,6 +45,7 @@ class TrainConfig:
     min_delta: float = 0.0
     restore_best: bool = True
     amp: bool | str = "auto"
+    amp_dtype: str = "auto"  # or "bfloat16", "float16" (scaled loss)
     grad_clip: float | None = None
     device: str | None = None
     num_workers: int = 0
@@ -98,6 +99,11 @@ class TrainConfig:
         need(
             self.amp in (True, False, "auto"),
             f"`amp` must be True, False or 'auto'; got {self.amp!r}.",
+        )
+        need(
+            self.amp_dtype in ("auto", "bfloat16", "float16"),
+            f"`amp_dtype` must be 'auto', 'bfloat16' or 'float16'; "
+            f"got {self.amp_dtype!r}.",
         )
         need(
             self.distributed in (True, False, "auto"),
@@ -436,8 +442,9 @@ def train(
         )
     amp = device.type == "cuda" if cfg.amp == "auto" else bool(cfg.amp)
     # bfloat16 where supported (no loss scaling); float16 with a GradScaler elsewhere
-    bf16 = device.type == "cpu" or (
-        device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = cfg.amp_dtype == "bfloat16" or cfg.amp_dtype == "auto" and (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_bf16_supported())
     )
     amp_dtype = torch.bfloat16 if bf16 else torch.float16
     seed_everything(seed)

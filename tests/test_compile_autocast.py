@@ -1,6 +1,7 @@
-"""Every exported loss under `torch.compile` and under bfloat16 autocast on the CPU.
+"""Every exported loss under `torch.compile` and under bfloat16 and float16 autocast on the CPU.
 
-In the default test run: bfloat16 autocast for every loss; `torch._dynamo.explain` for every loss
+In the default test run: bfloat16 and float16 autocast for every loss (float16 as on a T4, whose
+autocast rounds the model's output the same way; plain and large-norm embeddings); `torch._dynamo.explain` for every loss
 (graph breaks printed with -s); `torch.compile(backend="aot_eager")` (Dynamo + AOTAutograd, without
 code generation) for every loss, values and gradients; and one test that compiles every loss with
 inductor (C++ code generation) in one process, `dynamic=False`, small shapes, and checks values,
@@ -10,7 +11,7 @@ graph, and the input checks that read values on the CPU would split a forward in
 still check), which leaves the loss's arithmetic unchanged. Its compiled kernels are cached by inductor (by default
 in the system's temporary directory), so a second run of the file takes seconds.
 STRUCTLOSS_INDUCTOR_TESTS=0 skips it.
-Tolerances: compiled vs eager, float32: rtol 1e-4, atol 1e-5 (reordered reductions). bfloat16
+Tolerances: compiled vs eager, float32: rtol 1e-4, atol 1e-5 (reordered reductions). Half-precision
 autocast vs float32: loss within 2e-2 relative + 2e-2 absolute (bf16 keeps 8 mantissa bits and the
 loss comes back in the input's dtype); gradient cosine similarity >= 0.99 to the float32 gradient.
 """
@@ -101,16 +102,23 @@ def test_graph_breaks(name, one_thread):
     if name not in KNOWN_BREAKS:
         assert report.graph_break_count == 0, f"{name}: breaks at {where}: {reasons}"
 
+HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+@pytest.mark.parametrize("half", sorted(HALF))
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_autocast_bfloat16(name, one_thread):
-    "A bf16 model output (a Linear under autocast) into the loss: finite, close to float32."
+def test_autocast(name, half, scale, one_thread):
+    """A half-precision model output (a Linear under autocast) into the loss: finite, close to
+    float32. float16 is what a T4 trains in: its range ends at 65504, so embeddings of norm ~160
+    (`scale` 100) have squared distances beyond it unless the loss computes in float32."""
     loss = make_loss(name)
     x, y = batch()
     torch.manual_seed(0)
     layer = torch.nn.Linear(D, D)
+    with torch.no_grad(): layer.weight.mul_(scale); layer.bias.mul_(scale)
     def run(autocast):
         layer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast("cpu", dtype=HALF[half], enabled=autocast):
             z = layer(x)
             v = loss(z, y)
         v.float().backward()
@@ -118,9 +126,9 @@ def test_autocast_bfloat16(name, one_thread):
     dt32, vt32, v32, g32 = run(False)
     dt16, vt16, v16, g16 = run(True)
     assert (dt32, vt32) == (torch.float32, torch.float32)
-    assert (dt16, vt16) == (torch.bfloat16, torch.bfloat16)
-    assert torch.isfinite(v16) and torch.isfinite(g16).all()
+    assert (dt16, vt16) == (HALF[half], HALF[half])
+    assert torch.isfinite(v16) and torch.isfinite(g16).all(), f"{name}: {v16}"
     torch.testing.assert_close(v16, v32, rtol=2e-2, atol=2e-2)
     if g32.norm() > 0:
         cos = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
-        assert cos >= 0.99, f"{name}: gradient cosine {float(cos):.4f} under bfloat16 autocast"
+        assert cos >= 0.99, f"{name}: gradient cosine {float(cos):.4f} under {half} autocast"

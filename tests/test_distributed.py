@@ -34,11 +34,15 @@ for name in sorted(find_losses(verbose=False)):
         CASES.append((f"{name}, {split}", make_loss(name), x, y, sizes, 1, GlobalBatchLoss))
 x, y, sizes = batches()["uneven 9+5"]
 CASES.append(("SupConLoss two views", make_loss("SupConLoss"), x, y, sizes, 2, GlobalBatchLoss))
+SILHOUETTE_OPTIONS = [{}, {"soft_min": "logsumexp", "singletons": "zero"},
+                      {"loss_form": "negative_mean", "reduction": "sum"},
+                      {"temperature_scale": "relative", "softmin_temperature": 0.3}]
 for metric in ("cosine", "sqeuclidean"):
     for split, (x, y, sizes) in batches().items():
-        CASES.append((f"ClassSumSoftSilhouette {metric}, {split}",
-                      SoftSilhouetteLoss(metric=metric, num_classes=3), x, y, sizes, 1,
-                      ClassSumSoftSilhouetteLoss))
+        for options in SILHOUETTE_OPTIONS:
+            CASES.append((f"ClassSumSoftSilhouette {metric} {options}, {split}",
+                          SoftSilhouetteLoss(metric=metric, num_classes=3, **options),
+                          x, y, sizes, 1, ClassSumSoftSilhouetteLoss))
 
 for split, (x, y, sizes) in batches().items():
     for alpha in (0.0, 1.0):
@@ -118,7 +122,9 @@ def test_one_process_fallbacks():
     x, y, _ = batches()["uneven 9+5"]
     base = SoftSilhouetteLoss(num_classes=3)
     torch.testing.assert_close(GlobalBatchLoss(base)(x, y), base(x, y))
-    torch.testing.assert_close(ClassSumSoftSilhouetteLoss(base)(x, y), base(x, y))
+    for options in SILHOUETTE_OPTIONS:
+        base = SoftSilhouetteLoss(num_classes=3, **options)
+        torch.testing.assert_close(ClassSumSoftSilhouetteLoss(base)(x, y), base(x, y))
     torch.testing.assert_close(global_silhouette_score(x, y, 3), silhouette_score(x, y))
 
 def test_bad_arguments():
@@ -128,6 +134,8 @@ def test_bad_arguments():
         ClassSumSoftSilhouetteLoss(SoftSilhouetteLoss(metric="euclidean", num_classes=3))
     with pytest.raises(TypeError, match="SoftSilhouetteLoss"):
         ClassSumSoftSilhouetteLoss(torch.nn.MSELoss())
+    with pytest.raises(ValueError, match="reduction='mean' or 'sum'"):
+        ClassSumSoftSilhouetteLoss(SoftSilhouetteLoss(num_classes=3, reduction="none"))
     with pytest.raises(ValueError, match="multiple of 2"):
         ShardedClassBalancedSampler(np.repeat(np.arange(6), 5), m=2, p=3, num_replicas=2, rank=0)
     with pytest.raises(ValueError, match="rank"):

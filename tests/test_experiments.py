@@ -21,6 +21,7 @@ def test_profiles_merge():
 
 
 def test_registry(monkeypatch):
+    E._import_all()   # first: modules imported inside the patch would register into the copy
     monkeypatch.setattr(E, "EXPERIMENTS", dict(E.EXPERIMENTS))
     exp = E.Experiment("my_exp", "digits", model={"encoder": "mlp"})
     E.register_experiment(exp)
@@ -150,3 +151,22 @@ def test_model_factory_and_extra_metrics(tmp_path):
                 evaluation={"extra": [lambda model, data, seed: {"n_test": float(len(data.test))}]})
     res = E.run_experiment(exp, "cpu", out_dir=None, progress=False)
     assert res.embeddings.shape[1] == 5 and res.metrics[0]["n_test"] == 359.0  # 20% of each class of 1797
+
+
+def test_experiment_chapter_is_the_registering_modules_notebook():
+    "Each experiment maps to the chapter whose module registered it, the package's own included."
+    from structloss.experiments import (EXPERIMENTS, Experiment, experiment_chapter,
+                                        register_experiment, REGISTERED_IN, _import_all)
+    _import_all()
+    assert experiment_chapter("ce_digits") == "24_experiments"              # its top level
+    assert experiment_chapter("xbm_contrastive_digits_m0") == "42_memory"   # imported early
+    assert experiment_chapter("gsp_gsl_mnist1d") == "31_graph_paper"
+    assert experiment_chapter("vg_npair") == "33_variance_greediness_paper"
+    exp = EXPERIMENTS["ce_digits"]
+    here = Experiment(**{**exp.to_dict(), "name": "t_chapter_here"})
+    try:
+        register_experiment(here)
+        assert REGISTERED_IN["t_chapter_here"] == __name__
+        assert experiment_chapter("t_chapter_here") is None                  # not a chapter's
+    finally:
+        EXPERIMENTS.pop("t_chapter_here", None); REGISTERED_IN.pop("t_chapter_here", None)

@@ -101,20 +101,32 @@ def test_every_chapter_starts_with_the_colab_cell():
 
 
 def test_colab_cell_in_a_simulated_colab(monkeypatch):
-    "As if on Colab (no network): the cell runs one pip install of the repository and selects `colab`."
+    """As if on Colab (no network, a GPU): one pip install of the repository; the `cpu` profile on
+    the CPU by default, the `colab` profile on the GPU when the reader chose it first."""
     import os, subprocess, types
+    import torch
     from notebooks import COLAB_CELL, COLAB_INSTALL
     import structloss.core as core
-    calls = []
+    calls, env = [], ("STRUCTLOSS_INSTALLED", "STRUCTLOSS_PROFILE", "STRUCTLOSS_DEVICE")
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
-    for var in ("STRUCTLOSS_INSTALLED", "STRUCTLOSS_PROFILE"): monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for var in env: monkeypatch.delenv(var, raising=False)
     exec(COLAB_CELL, {})
-    exec(COLAB_CELL, {})                                          # a second chapter in the same runtime
+    exec(COLAB_CELL, {})                                          # the cell run twice
     assert calls == [[sys.executable, "-m", "pip", "install", "-q", COLAB_INSTALL]]
     assert COLAB_INSTALL.startswith("structloss[colab] @ git+https://github.com/")
-    assert core.get_profile() == "colab"
+    assert core.get_profile() == "cpu" and core.get_device() == torch.device("cpu")
+    # a fresh runtime where the reader ran `%env STRUCTLOSS_PROFILE=colab` first
+    for var in env: monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("STRUCTLOSS_PROFILE", "colab")
+    exec(COLAB_CELL, {})
+    assert len(calls) == 2 and core.get_profile() == "colab"
+    assert core.get_device() == torch.device("cuda")              # the GPU, no device override
+    from structloss.experiments import get_experiment
+    exp = get_experiment("ce_cifar10").resolve(core.get_profile())
+    assert exp.train.get("amp", "auto") in ("auto", True) and "device" not in exp.train
     monkeypatch.delitem(sys.modules, "google.colab")
-    monkeypatch.delenv("STRUCTLOSS_INSTALLED"); monkeypatch.delenv("STRUCTLOSS_PROFILE")
+    for var in env: monkeypatch.delenv(var, raising=False)
     exec(COLAB_CELL, {})                                          # not on Colab: nothing happens
-    assert len(calls) == 1 and "STRUCTLOSS_PROFILE" not in os.environ
+    assert len(calls) == 2 and not any(v in os.environ for v in env)

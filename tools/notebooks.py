@@ -26,16 +26,19 @@ NBS = ROOT / "nbs"
 _DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
 
 # The first code cell of every chapter (after `#| default_exp`): on Colab it installs structloss from its
-# repository and selects the `colab` profile; anywhere else it does nothing. Hidden in the book.
+# repository and runs the `cpu` profile on the CPU (the `colab` profile when the reader selected it
+# first); anywhere else it does nothing. Hidden in the book.
 COLAB_INSTALL = "structloss[colab] @ git+https://github.com/structloss/structloss"
 COLAB_CELL = """#| hide
-# On Colab: install structloss and use the `colab` profile (elsewhere: nothing).
+# On Colab: install structloss; run the book's `cpu` profile on the CPU, as printed.
+# The papers' protocol on the GPU: `%env STRUCTLOSS_PROFILE=colab` before this cell.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.environ.get("STRUCTLOSS_INSTALLED"):
     pkg = "{COLAB_INSTALL}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", pkg], check=True)
     os.environ["STRUCTLOSS_INSTALLED"] = "1"
-    os.environ.setdefault("STRUCTLOSS_PROFILE", "colab")""".replace("{COLAB_INSTALL}", COLAB_INSTALL)
+    if os.environ.setdefault("STRUCTLOSS_PROFILE", "cpu") == "cpu":
+        os.environ.setdefault("STRUCTLOSS_DEVICE", "cpu")""".replace("{COLAB_INSTALL}", COLAB_INSTALL)
 
 
 def chapters(nbs: Path = NBS) -> list[Path]:
@@ -157,6 +160,18 @@ def _run(nb, cwd: Path, timeout: int, label: str, slow_s: float = 30.0) -> float
     return time.perf_counter() - t0
 
 
+def record_time(path: Path, seconds: float, profile: str) -> None:
+    """Add a chapter's execution time to `runs/chapters/<profile>.json` (`$STRUCTLOSS_RUNS` moves
+    `runs/`): the measured times chapter 41 reports for a run on Colab."""
+    runs = Path(os.environ.get("STRUCTLOSS_RUNS") or ROOT / "runs")
+    out = runs / "chapters" / f"{profile}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    times = json.loads(out.read_text()) if out.exists() else {}
+    times[path.stem] = {"seconds": round(seconds, 1), "cpus": os.cpu_count(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    out.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
+
+
 def execute(paths: list[Path], timeout: int = 1800) -> None:
     "Run notebooks in place (in the profile given by $STRUCTLOSS_PROFILE, `cpu` by default) to store their outputs."
     os.environ.setdefault("STRUCTLOSS_PROFILE", "cpu")
@@ -165,6 +180,7 @@ def execute(paths: list[Path], timeout: int = 1800) -> None:
         nb = nbformat.read(path, as_version=4)
         took = _run(nb, path.parent, timeout, path.name)
         nbformat.write(nb, path)
+        record_time(path, took, os.environ["STRUCTLOSS_PROFILE"])
         print(f"executed {path.relative_to(ROOT)} in {took:.0f} s "
               f"(profile {os.environ['STRUCTLOSS_PROFILE']})", flush=True)
 
@@ -196,6 +212,7 @@ def build_execute(dest: Path, nbs: Path = NBS, rerun: bool = False, timeout: int
         took = _run(nb, path.parent, timeout, path.name)
         nbformat.write(nb, out)
         stamp.write_text(key)
+        record_time(path, took, profile)
         total, ran = total + took, ran + 1
         print(f"{tag}: executed in {took:.0f} s", flush=True)
     print(f"executed {ran} of {len(paths)} chapters in {total:.0f} s; the others were unchanged", flush=True)
