@@ -161,7 +161,7 @@ def test_float16_with_loss_scaling_learns(data, tmp_path, structure):
     objective = build_objective({"terms": terms}, SimpleNamespace(num_classes=10), 16)
     runs = {}
     for amp in (False, True):
-        cfg = TrainConfig(epochs=3, amp=amp, amp_dtype="float16", device="cpu", **CFG)
+        cfg = TrainConfig(epochs=3, amp=amp, amp_dtype="float16", **CFG)
         runs[amp] = train(tiny(data), objective, data, cfg, seed=0,
                           out_dir=str(tmp_path / str(amp))).history[-1]
     last = runs[True]
@@ -170,7 +170,7 @@ def test_float16_with_loss_scaling_learns(data, tmp_path, structure):
     assert last["val_acc"] > 0.3 and abs(last["val_acc"] - runs[False]["val_acc"]) < 0.1
     scaler = torch.load(tmp_path / "True" / "checkpoint.pt", weights_only=False)["scaler"]
     assert scaler and scaler["scale"] > 0                  # loss scaling was on
-    bf16 = TrainConfig(epochs=1, amp=True, device="cpu", **CFG)   # "auto": bfloat16, unscaled
+    bf16 = TrainConfig(epochs=1, amp=True, **CFG)   # "auto" on the CPU: bfloat16, unscaled
     train(tiny(data), cross_entropy(), data, bf16, seed=0, out_dir=str(tmp_path / "b"))
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["scaler"] == {}
 
