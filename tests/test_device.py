@@ -219,3 +219,31 @@ def test_train_step_float16_autocast_values(name, one_thread):
     (t32, g32), (t16, g16) = out[False], out[True]
     torch.testing.assert_close(t16, t32, rtol=1e-2, atol=1e-3)
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+def distributed_losses():
+    "The losses of the distributed chapter, in one process (R = 1): the same arithmetic."
+    import structloss.distributed as sd
+    from structloss.magnet import MagnetLoss
+    from structloss.silhouette import SoftSilhouetteLoss
+    return {
+        "class_sum_silhouette": lambda: sd.ClassSumSoftSilhouetteLoss(SoftSilhouetteLoss(num_classes=C)),
+        "class_sum_silhouette_relative": lambda: sd.ClassSumSoftSilhouetteLoss(
+            SoftSilhouetteLoss(num_classes=C, metric="sqeuclidean", temperature_scale="relative")),
+        "class_sum_magnet": lambda: sd.ClassSumMagnetLoss(MagnetLoss(), C),
+        "global_batch": lambda: sd.GlobalBatchLoss(SoftSilhouetteLoss(num_classes=C)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["cuda", "meta"])
+@pytest.mark.parametrize("name", sorted(distributed_losses()))
+def test_distributed_losses_stay_on_the_device(name, kind):
+    loss = distributed_losses()[name]()
+    with on_device(kind) as (device, _):
+        loss.to(device)
+        z = torch.randn(N, D, device=device, dtype=torch.float16, requires_grad=True)
+        out = loss(z, torch.arange(N, device=device) % C)
+        assert (out.device.type, out.dtype) == (device, torch.float16)
+        if kind == "meta":
+            out.backward()
+            assert z.grad.device.type == "meta"
