@@ -428,8 +428,9 @@ def run_on_ranks(
         with tempfile.TemporaryDirectory() as out_dir:
             mp.spawn(_rank_main, args=(world_size, _free_port(), backend, fn, tuple(args),
                                        out_dir), nprocs=world_size, join=True)
-            return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
-                    for r in range(world_size)]
+            # on the CPU, whichever device a rank's result lived on
+            return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), map_location="cpu",
+                               weights_only=False) for r in range(world_size)]
     finally:
         for k, v in saved.items():
             if v is None: os.environ.pop(k, None)

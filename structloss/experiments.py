@@ -429,8 +429,8 @@ def plot_history(histories: list, keys=("train_total", "val_acc"),
 def project_2d(
     embeddings: torch.Tensor, method: str = "pca", seed: int = 0
 ) -> np.ndarray:
-    "2-D coordinates of `embeddings` by PCA or t-SNE (scikit-learn)."
-    x = torch.as_tensor(embeddings).float().numpy()
+    "2-D coordinates of `embeddings` (any device) by PCA or t-SNE (scikit-learn)."
+    x = torch.as_tensor(embeddings).detach().float().cpu().numpy()
     if method == "pca":
         from sklearn.decomposition import PCA
         return PCA(2, random_state=seed).fit_transform(x)
@@ -448,6 +448,7 @@ def plot_embeddings(embeddings, labels, method: str = "pca", ax=None,
     the axes."""
     import matplotlib.pyplot as plt
     xy = project_2d(embeddings, method, seed)
+    if isinstance(labels, torch.Tensor): labels = labels.cpu()   # e.g. on the GPU
     labels = np.asarray(labels)
     ax = ax or plt.subplots(figsize=(4.5, 4))[1]
     ax.scatter(xy[:, 0], xy[:, 1], c=labels,
@@ -508,7 +509,8 @@ def load_result(experiment: str | Experiment, profile: str | None = None,
     summary = {k: (v["mean"], v["std"], v["n"]) for k, v in r["summary"].items()}
     emb = lab = None
     if os.path.exists(os.path.join(run_dir, "embeddings.pt")):
-        e = torch.load(os.path.join(run_dir, "embeddings.pt"), weights_only=True)
+        e = torch.load(os.path.join(run_dir, "embeddings.pt"), map_location="cpu",
+                       weights_only=True)
         emb, lab = e["embeddings"], e["labels"]
     return ExperimentResult(_experiment_from_dict(r["experiment"]), r["profile"],
                             r["metrics"],

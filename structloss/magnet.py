@@ -31,8 +31,8 @@ def check_cluster_labels(cluster_labels, labels: torch.Tensor) -> None:
     if not reads_values(labels): return             # purity reads values (CPU by default)
     k_ids, K = class_index(cluster_labels)
     y_ids, C = class_index(labels)
-    has = torch.zeros(K, C, dtype=torch.bool)                                  # (K, C)
-    has = has.index_put_((k_ids, y_ids), torch.tensor(True))
+    has = torch.zeros(K, C, dtype=torch.bool, device=labels.device)            # (K, C)
+    has = has.index_put_((k_ids, y_ids), torch.tensor(True, device=labels.device))
     impure = has.sum(1) > 1
     if impure.any():
         k = int(torch.unique(cluster_labels)[impure.nonzero()[0, 0]])

@@ -177,6 +177,11 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
     )
 
 
+def _numpy(t) -> np.ndarray:
+    "A tensor (on any device, with or without a graph) or an array as a NumPy array."
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
 def knn_accuracy(
     train_emb, train_labels, test_emb, test_labels, k: int = 1, metric: str = "cosine"
 ) -> float:
@@ -186,8 +191,8 @@ def knn_accuracy(
     knn = KNeighborsClassifier(
         n_neighbors=min(k, len(train_labels)), metric=metric, algorithm="brute"
     )
-    knn.fit(train_emb.numpy(), train_labels.numpy())
-    return float(knn.score(test_emb.numpy(), test_labels.numpy()))
+    knn.fit(_numpy(train_emb), _numpy(train_labels))
+    return float(knn.score(_numpy(test_emb), _numpy(test_labels)))
 
 
 def svc_accuracy(
@@ -196,15 +201,16 @@ def svc_accuracy(
     "Accuracy of an RBF-kernel SVC (scikit-learn defaults) on <= `max_train` embeddings."
     from sklearn.svm import SVC
 
+    train_emb, train_labels = _numpy(train_emb), _numpy(train_labels)
     idx = np.arange(len(train_labels))
     if len(idx) > max_train:
         from sklearn.model_selection import train_test_split
 
         idx, _ = train_test_split(
-            idx, train_size=max_train, stratify=train_labels.numpy(), random_state=seed
+            idx, train_size=max_train, stratify=train_labels, random_state=seed
         )
-    svc = SVC(kernel="rbf").fit(train_emb[idx].numpy(), train_labels[idx].numpy())
-    return float(svc.score(test_emb.numpy(), test_labels.numpy()))
+    svc = SVC(kernel="rbf").fit(train_emb[idx], train_labels[idx])
+    return float(svc.score(_numpy(test_emb), _numpy(test_labels)))
 
 # %% ../nbs/23_train.ipynb #00edf174
 def evaluate(
@@ -312,11 +318,12 @@ def _rng_state():
 
 
 def _set_rng_state(s):
+    "Restore `_rng_state()`; a checkpoint loaded onto the GPU holds the states there."
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
+    torch.set_rng_state(s["torch"].cpu())  # generators take their state from the CPU
     if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
 
 # %% ../nbs/23_train.ipynb #ac5e9aa2
 @dataclass

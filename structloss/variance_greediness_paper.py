@@ -297,7 +297,7 @@ def nearest_class_distance(
     z = embeddings.to(compute_dtype(embeddings))
     ids = torch.unique(labels, return_inverse=True)[1]
     C = int(ids.max()) + 1
-    mu = torch.zeros(C, z.shape[1], dtype=z.dtype).index_add_(0, ids, z)
+    mu = torch.zeros(C, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, ids, z)
     # (C, d) class means
     mu = mu / torch.bincount(ids, minlength=C)[:, None].to(z.dtype)
     d = torch.cdist(mu, mu)                                                # (C, C)

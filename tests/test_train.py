@@ -24,7 +24,8 @@ def tiny(data, seed=0, classifier=True):
                        encoder_kwargs={"width": 8})
 
 
-CFG = dict(batch_size=64, lr=3e-3, progress=False)
+# on the CPU: exact resumption needs deterministic kernels (a GPU's are not; test_device.py: GPU paths)
+CFG = dict(batch_size=64, lr=3e-3, progress=False, device="cpu")
 
 
 def test_a_tiny_run_learns(data, tmp_path):
@@ -160,7 +161,7 @@ def test_float16_with_loss_scaling_learns(data, tmp_path, structure):
     objective = build_objective({"terms": terms}, SimpleNamespace(num_classes=10), 16)
     runs = {}
     for amp in (False, True):
-        cfg = TrainConfig(epochs=3, amp=amp, amp_dtype="float16", device="cpu", **CFG)
+        cfg = TrainConfig(epochs=3, amp=amp, amp_dtype="float16", **CFG)
         runs[amp] = train(tiny(data), objective, data, cfg, seed=0,
                           out_dir=str(tmp_path / str(amp))).history[-1]
     last = runs[True]
@@ -169,7 +170,7 @@ def test_float16_with_loss_scaling_learns(data, tmp_path, structure):
     assert last["val_acc"] > 0.3 and abs(last["val_acc"] - runs[False]["val_acc"]) < 0.1
     scaler = torch.load(tmp_path / "True" / "checkpoint.pt", weights_only=False)["scaler"]
     assert scaler and scaler["scale"] > 0                  # loss scaling was on
-    bf16 = TrainConfig(epochs=1, amp=True, device="cpu", **CFG)   # "auto": bfloat16, unscaled
+    bf16 = TrainConfig(epochs=1, amp=True, **CFG)   # "auto" on the CPU: bfloat16, unscaled
     train(tiny(data), cross_entropy(), data, bf16, seed=0, out_dir=str(tmp_path / "b"))
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["scaler"] == {}
 
@@ -177,7 +178,7 @@ def test_float16_with_loss_scaling_learns(data, tmp_path, structure):
 def test_plateau_scheduler_divides_the_rate_on_a_validation_plateau(data):
     class Flat(torch.nn.Module):   # constant logits: the validation accuracy never improves
         def __init__(self): super().__init__(); self.b = torch.nn.Parameter(torch.zeros(10))
-        def forward(self, x): z = torch.zeros(len(x), 10) + 0 * self.b; return z, z
+        def forward(self, x): z = torch.zeros(len(x), 10, device=x.device) + 0 * self.b; return z, z
     cfg = TrainConfig(epochs=7, scheduler="plateau", plateau_factor=0.2, plateau_patience=2, **{**CFG, "lr": 1.0})
     res = train(Flat(), cross_entropy(), data, cfg)
     assert [round(r["lr"], 6) for r in res.history] == [1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 0.2]
