@@ -649,6 +649,7 @@ def train_digits(
     seed: int = 0,
     proxies: bool = False,  # add a ProxyNCA term (parameters kept in sync by DDP)
     out_dir: str | None = None,
+    device: str | None = None,  # None: the best available (`get_device`)
 ) -> dict:
     """CE + SupCon (+ ProxyNCA) on digits with `train`, on this process's shard: history,
     test accuracy, and how far the ranks' parameters differ."""
@@ -670,7 +671,7 @@ def train_digits(
     objective = Objective(terms)
     init = [q.detach().clone() for q in objective.parameters()]
     cfg = TrainConfig(epochs=epochs, sampler={"m": m, "p": p}, lr=lr, scheduler=None,
-                      progress=False, restore_best=False)
+                      progress=False, restore_best=False, device=device)
     res = train(model, objective, data, cfg, seed=seed, out_dir=out_dir)
     logits, _, labels = embed(model, data.test)
     params = list(model.parameters()) + list(objective.parameters())
@@ -689,8 +690,8 @@ def train_digits(
 
 
 def train_digits_worker(rank: int, world_size: int, kwargs: dict) -> dict:
-    "`train_digits(**kwargs)` as a `run_on_ranks` function."
-    return train_digits(**kwargs)
+    "`train_digits(**kwargs)` as a `run_on_ranks` function (gloo: on the CPU by default)."
+    return train_digits(**{"device": "cpu", **kwargs})
 
 # %% ../nbs/41_distributed.ipynb #d558d575
 COLAB_SESSION_HOURS = 12  # the longest a free Colab session lasts

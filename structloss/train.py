@@ -444,7 +444,9 @@ def train(
     # bfloat16 where supported (no loss scaling); float16 with a GradScaler elsewhere
     bf16 = cfg.amp_dtype == "bfloat16" or cfg.amp_dtype == "auto" and (
         device.type == "cpu"
-        or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        # a T4 emulates bfloat16 (slowly): not "supported" here
+        or (device.type == "cuda"
+            and torch.cuda.is_bf16_supported(including_emulation=False))
     )
     amp_dtype = torch.bfloat16 if bf16 else torch.float16
     seed_everything(seed)
@@ -487,7 +489,8 @@ def train(
         opt.load_state_dict(s["optimizer"])
         if sched is not None and s["scheduler"] is not None:
             sched.load_state_dict(s["scheduler"])
-        scaler.load_state_dict(s["scaler"])
+        if s["scaler"] and scaler.is_enabled():  # a run resumed in another precision
+            scaler.load_state_dict(s["scaler"])
         history, best, start = s["history"], s["best"], s["epoch"] + 1
         _set_rng_state(s["rng"])
     stopped = False

@@ -203,3 +203,13 @@ def test_sharded_shuffled_batches_are_the_one_process_batches(data):
     with pytest.raises(ValueError, match="init_process_group"):
         train(tiny(data), cross_entropy(), data, TrainConfig(epochs=1, distributed=True, **CFG))
     with pytest.raises(ValueError, match="`distributed`"): TrainConfig(distributed="yes")
+
+
+def test_resume_in_another_precision(data, tmp_path):
+    "A checkpoint of a float32 run resumes under float16 loss scaling (a CPU run moved to a T4)."
+    out = str(tmp_path)
+    train(tiny(data), cross_entropy(), data, TrainConfig(epochs=1, **CFG), seed=0, out_dir=out)
+    scaled = TrainConfig(epochs=2, amp=True, amp_dtype="float16", **CFG)
+    res = train(tiny(data), cross_entropy(), data, scaled, seed=0, out_dir=out, resume=True)
+    assert len(res.history) == 2 and np.isfinite(res.history[-1]["train_ce"])
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["scaler"]["scale"] > 0
