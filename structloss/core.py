@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PROFILES', 'PROFILE_ENV', 'DEVICE_ENV', 'CHECK_FINITE_ON_DEVICE', 'get_profile', 'is_smoke', 'by_profile',
-           'get_device', 'seed_everything', 'environment_report', 'print_environment', 'reads_values',
-           'check_embeddings', 'check_finite', 'check_labels', 'check_class_ids', 'check_choice', 'check_number',
-           'check_embeddings_labels', 'compute_dtype', 'masked_logsumexp', 'EmbeddingLoss']
+__all__ = ['PROFILES', 'PROFILE_ENV', 'BOOK_ENV', 'DEVICE_ENV', 'CHECK_FINITE_ON_DEVICE', 'get_profile', 'is_smoke',
+           'is_book_run', 'by_profile', 'get_device', 'seed_everything', 'environment_report', 'print_environment',
+           'reads_values', 'check_embeddings', 'check_finite', 'check_labels', 'check_class_ids', 'check_choice',
+           'check_number', 'check_embeddings_labels', 'compute_dtype', 'masked_logsumexp', 'EmbeddingLoss']
 
 # %% ../nbs/00_core.ipynb #778fbe54
 PROFILES = ("smoke", "cpu", "colab")
@@ -33,6 +33,13 @@ def get_profile() -> str:
 def is_smoke() -> bool:
     "True when the `smoke` profile is active (tests, CI)."
     return get_profile() == "smoke"
+
+BOOK_ENV = "STRUCTLOSS_BOOK"
+
+def is_book_run() -> bool:
+    """True while the book's own tools execute a chapter to store its outputs
+    (`$STRUCTLOSS_BOOK=1`): only then must a run agree with what the chapter's prose says."""
+    return os.environ.get(BOOK_ENV) == "1"
 
 def by_profile(smoke, cpu, colab=None):
     "The value for the active profile: `colab` falls back to `cpu` when not given."
