@@ -38,7 +38,7 @@ BOOK_ENV = "STRUCTLOSS_BOOK"
 
 def is_book_run() -> bool:
     """True while the book's own tools execute a chapter to store its outputs
-    (`$STRUCTLOSS_BOOK=1`): only then must a run agree with what the chapter's prose says."""
+    (`$STRUCTLOSS_BOOK=1`): only then must a run agree with what its prose says."""
     return os.environ.get(BOOK_ENV) == "1"
 
 def by_profile(smoke, cpu, colab=None):

@@ -314,7 +314,8 @@ class ClassSumSoftSilhouetteLoss(EmbeddingLoss):
         )
         scale = None
         if L.temperature_scale == "relative":  # the global batch's mean d(i, c), c != y_i
-            other = (n > 0)[None, :] & (ids[:, None] != torch.arange(C, device=ids.device))
+            classes = torch.arange(C, device=ids.device)
+            other = (n > 0)[None, :] & (ids[:, None] != classes)
             w = other.to(d_ic.dtype)
             sums = all_reduce_sum(torch.stack([(d_ic.detach() * w).sum(), w.sum()]),
                                   self.group)

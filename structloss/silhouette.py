@@ -106,9 +106,9 @@ def silhouette_from_class_distances(
     a, d_ic, ids, n, mates, # a(i) [N], d(i, c) [N, C], ids [N], n_c [C], |P(i)| [N]
     temperature: float = 0.1, softmin_temperature: float | None = None,
     soft_min: str = "softmax", eps: float = 1e-8, temperature_scale: str = "absolute",
-    scale: torch.Tensor | None = None, # "relative": the distance scale; None: this batch's
+    scale: torch.Tensor | None = None, # "relative": the scale; None: this batch's
 ):
-    "Eqs. 10-13 from the class distances: `(s~, defined, anchor without mates)`, each `[N]`."
+    "Eqs. 10-13 from class distances: `(s~, defined, anchor without mates)`, each `[N]`."
     tau = temperature
     beta = temperature if softmin_temperature is None else softmin_temperature
     C = d_ic.shape[1]
@@ -116,7 +116,8 @@ def silhouette_from_class_distances(
     has_other = present.sum() > present[ids].long()                   # (N,) a c != y_i
     if temperature_scale == "relative":          # tau, beta in units of the d(i, c)
         if scale is None:
-            other = present[None, :] & (ids[:, None] != torch.arange(C, device=ids.device))
+            classes = torch.arange(C, device=ids.device)
+            other = present[None, :] & (ids[:, None] != classes)
             scale = distance_scale(d_ic, other)
         tau, beta = tau * scale, beta * scale
     low = torch.finfo(d_ic.dtype).min            # a finite "-inf": rows stay finite
