@@ -175,7 +175,7 @@ def record_time(path: Path, seconds: float, profile: str) -> None:
 def execute(paths: list[Path], timeout: int = 1800) -> None:
     "Run notebooks in place (in the profile given by $STRUCTLOSS_PROFILE, `cpu` by default) to store their outputs."
     os.environ.setdefault("STRUCTLOSS_PROFILE", "cpu")
-    os.environ["STRUCTLOSS_BOOK"] = "1"      # the prose must match: hidden checks assert it
+    os.environ["STRUCTLOSS_BOOK"] = "1"      # stored outputs must match the prose: hidden checks assert it
     os.environ.pop("MPLBACKEND", None)       # kernels must use the inline backend, or figures are not stored
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -197,7 +197,6 @@ def build_execute(dest: Path, nbs: Path = NBS, rerun: bool = False, timeout: int
     """Execute every chapter of `nbs` into `dest` (never into `nbs`), skipping those whose code and profile are
     unchanged since their last execution there. Prints each chapter's progress and time."""
     os.environ.setdefault("STRUCTLOSS_PROFILE", "cpu")
-    os.environ["STRUCTLOSS_BOOK"] = "1"      # the prose must match: hidden checks assert it
     os.environ.pop("MPLBACKEND", None)
     profile = os.environ["STRUCTLOSS_PROFILE"]
     dest.mkdir(parents=True, exist_ok=True)
